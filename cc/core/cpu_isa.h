@@ -1,0 +1,34 @@
+// Declarations of one instruction-set build of the CPU kernels. cpu_kernels.cc is compiled
+// once per instruction set, each time into its own namespace (so no inline function compiled
+// with AVX2 can be picked by the linker for a baseline caller); cpu_dispatch.cc chooses one
+// at load time.
+#pragma once
+
+#include <cstdint>
+
+#include "cc/core/problem.h"
+
+#define COSTXENT_DECLARE_CPU_ISA(ISA)                                                  \
+  namespace costxent {                                                                 \
+  namespace cpu {                                                                      \
+  namespace ISA {                                                                      \
+  template <typename T, typename A>                                                    \
+  int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,      \
+                       A* scratch);                                                    \
+  template <typename T, typename A>                                                    \
+  int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end); \
+  template <typename T, typename A>                                                    \
+  void scale_rows(const T* in, const A* scale, T* out, int64_t c, int64_t begin,       \
+                  int64_t end);                                                        \
+  template <typename T, typename A>                                                    \
+  void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t end); \
+  }                                                                                    \
+  }                                                                                    \
+  }
+
+// The storage / accumulation type pairs every kernel is instantiated for.
+#define COSTXENT_FOR_EACH_TYPE_PAIR(X) \
+  X(f16, float)                        \
+  X(bf16, float)                       \
+  X(float, float)                      \
+  X(double, double)

@@ -1,0 +1,353 @@
+// CPU kernels, compiled once per instruction set (COSTXENT_CPU_ISA names the namespace).
+//
+// A softmax row is walked in cache: pass 1 reads the logits from memory (max, finiteness),
+// pass 2 stores exp(z - max) in a per-thread scratch row, the last pass writes the gradient.
+// Reductions use `omp simd` (with -fopenmp-simd, no OpenMP runtime) so they vectorize
+// without -ffast-math; their order is fixed at compile time, so results are bitwise
+// reproducible. No standard-library template is instantiated here: an AVX2 copy of one
+// could be chosen by the linker for the baseline build.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cc/core/cpu_isa.h"
+#include "cc/core/numeric.h"
+#include "cc/core/problem.h"
+#include "cc/core/row_math.h"
+
+#ifndef COSTXENT_CPU_ISA
+#error "COSTXENT_CPU_ISA must name the instruction-set namespace"
+#endif
+
+COSTXENT_DECLARE_CPU_ISA(COSTXENT_CPU_ISA)
+
+namespace costxent {
+namespace cpu {
+namespace COSTXENT_CPU_ISA {
+namespace {
+
+#define CX_INLINE inline __attribute__((always_inline))
+
+// exp(x) for x <= 0 in float: Cephes' polynomial on x - n ln2, 2^n built from bits.
+// Results below float's normal range flush to 0; NaN in gives garbage, which callers never
+// use (a row with a non-finite logit is written as NaN before any exp is read).
+CX_INLINE float exp_nonpositive(float x) {
+  const float clamped = x < -87.0f ? -87.0f : x;
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const uint32_t biased = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  const float result = poly * bits_float(biased);
+  return x < -87.0f ? 0.0f : result;
+}
+
+CX_INLINE double exp_nonpositive(double x) { return std::exp(x); }
+
+// log(u) for u in [1, 2]: Cephes' logf polynomial around 1 or around sqrt(2).
+CX_INLINE float log_1_to_2(float u) {
+  const bool high = u > 1.41421356f;
+  const float x = high ? u * 0.5f - 1.0f : u - 1.0f;
+  const float k = high ? 1.0f : 0.0f;
+  const float z = x * x;
+  float y = 7.0376836292e-2f;
+  y = y * x - 1.1514610310e-1f;
+  y = y * x + 1.1676998740e-1f;
+  y = y * x - 1.2420140846e-1f;
+  y = y * x + 1.4249322787e-1f;
+  y = y * x - 1.6668057665e-1f;
+  y = y * x + 2.0000714765e-1f;
+  y = y * x - 2.4999993993e-1f;
+  y = y * x + 3.3333331174e-1f;
+  y = y * x * z;
+  y += -2.12194440e-4f * k;
+  y += -0.5f * z;
+  return x + y + 0.693359375f * k;
+}
+
+// log1p(e) for e in [0, 1]; log(u) * e / (u - 1) undoes the rounding of u = 1 + e.
+CX_INLINE float log1p_unit(float e) {
+  const float u = 1.0f + e;
+  const float d = u - 1.0f;
+  return d == 0.0f ? e : log_1_to_2(u) * (e / d);
+}
+
+CX_INLINE double log1p_unit(double e) { return std::log1p(e); }
+
+// Vectorizable sigmoid terms for gamma = 0 (the common case); row_math.h's sigmoid_terms
+// is the definition, this is the same formula with the polynomial exp / log1p.
+template <typename A>
+CX_INLINE SigmoidTerms<A> sigmoid_terms_plain(A z, A y, A a, A b) {
+  const A e = exp_nonpositive(z < A(0) ? z : -z);
+  const A inv = A(1) / (A(1) + e);
+  const bool positive = z >= A(0);
+  const A s = positive ? inv : e * inv;
+  const A one_minus_s = positive ? e * inv : inv;
+  const A softplus_pos = (positive ? z : A(0)) + log1p_unit(e);
+  const A softplus_neg = softplus_pos - z;
+  const A nan_unless_finite = z - z;
+  return {a * y * softplus_neg + b * (A(1) - y) * softplus_pos + nan_unless_finite,
+          b * (A(1) - y) * s - a * y * one_minus_s + nan_unless_finite};
+}
+
+template <typename T, typename A>
+CX_INLINE void fill_row(T* out, int64_t c, A value) {
+  const T v = from_acc<T>(value);
+  for (int64_t j = 0; j < c; ++j) out[j] = v;
+}
+
+// One softmax row. `e` and `aux` are scratch rows of c values.
+template <typename T, typename A>
+CX_INLINE void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, int64_t y, A* e,
+                           A* aux) {
+  const int64_t c = p.c;
+  const T* z = p.logits + row * c;
+  const T* t = p.dense != nullptr ? p.dense + row * c : nullptr;
+  T* out = p.backprop != nullptr ? p.backprop + row * c : nullptr;
+  const A eps = p.label_smoothing;
+  const A inv_c = A(1) / static_cast<A>(c);
+
+  // Pass 1: max, and a sum of (z - z) that is NaN iff some logit is NaN or infinite.
+  A m = -INFINITY;
+  A nonfinite = 0;
+#pragma omp simd reduction(max : m) reduction(+ : nonfinite)
+  for (int64_t j = 0; j < c; ++j) {
+    const A v = to_acc(z[j]);
+    m = v > m ? v : m;
+    nonfinite += v - v;
+  }
+  if (!(nonfinite == A(0))) {
+    const A nan = quiet_nan(A(0));
+    p.loss[row] = nan;
+    if (out != nullptr) fill_row(out, c, nan);
+    return;
+  }
+
+  // Pass 2: e_j = exp(z_j - m), their sum, and sum_j zs_j (for smoothing).
+  A sum = 0;
+  A zs_sum = 0;
+#pragma omp simd reduction(+ : sum, zs_sum)
+  for (int64_t j = 0; j < c; ++j) {
+    const A zs = to_acc(z[j]) - m;
+    const A v = exp_nonpositive(zs);
+    e[j] = v;
+    sum += v;
+    zs_sum += zs;
+  }
+  const A lse = std::log(sum);
+  const A inv_sum = A(1) / sum;
+
+  // The unsmoothed target's reductions: sum_j t_j, sum_j t_j zs_j.
+  A t_sum = 1;
+  A t_dot_zs = 0;
+  if (t != nullptr) {
+    t_sum = 0;
+#pragma omp simd reduction(+ : t_sum, t_dot_zs)
+    for (int64_t j = 0; j < c; ++j) {
+      const A tj = to_acc(t[j]);
+      t_sum += tj;
+      t_dot_zs += tj * (to_acc(z[j]) - m);
+    }
+  } else {
+    t_dot_zs = to_acc(z[y]) - m;
+  }
+  // Smoothed: S = (1 - eps) sum t + eps, sum ts zs = (1 - eps) sum t zs + eps/C sum zs.
+  const A target_sum = (A(1) - eps) * t_sum + eps;
+  const A target_dot_zs = (A(1) - eps) * t_dot_zs + eps * inv_c * zs_sum;
+  const A ce = shifted_cross_entropy(target_sum, lse, target_dot_zs);
+  auto target = [&](int64_t j) -> A {
+    const A tj = t != nullptr ? to_acc(t[j]) : (j == y ? A(1) : A(0));
+    return smooth_target(tj, eps, inv_c);
+  };
+
+  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
+    // c_j = sum_k t_k M[k, j] from the unsmoothed target: M's row y, or a mix of rows.
+    const A* cost = p.weights + (t == nullptr ? y * c : 0);
+    if (t != nullptr) {
+      for (int64_t j = 0; j < c; ++j) aux[j] = 0;
+      for (int64_t k = 0; k < c; ++k) {
+        const A tk = to_acc(t[k]);
+        if (tk == A(0)) continue;
+        const A* mk = p.weights + k * c;
+#pragma omp simd
+        for (int64_t j = 0; j < c; ++j) aux[j] += tk * mk[j];
+      }
+      cost = aux;
+    }
+    A expected = 0;
+#pragma omp simd reduction(+ : expected)
+    for (int64_t j = 0; j < c; ++j) expected += cost[j] * e[j];
+    expected *= inv_sum;
+    const A lam = p.ce_weight;
+    p.loss[row] = expected + lam * ce;
+    if (out == nullptr) return;
+    for (int64_t j = 0; j < c; ++j)
+      out[j] = from_acc<T>(
+          expected_cost_grad(e[j] * inv_sum, cost[j], expected, lam, target(j), target_sum));
+    return;
+  }
+
+  // Per-example weight w_i from the unsmoothed target (DESIGN 2.1).
+  A w = 1;
+  if (p.weight_mode == WeightMode::kClass) {
+    if (t == nullptr) {
+      w = p.weights[y];
+    } else {
+      w = 0;
+      for (int64_t k = 0; k < c; ++k) w += to_acc(t[k]) * p.weights[k];
+    }
+  } else if (p.weight_mode == WeightMode::kCost) {
+    int64_t jhat = 0;
+    while (to_acc(z[jhat]) != m) ++jhat;  // lowest index on ties
+    if (t == nullptr) {
+      w = p.weights[y * c + jhat];
+    } else {
+      w = 0;
+      for (int64_t k = 0; k < c; ++k) w += to_acc(t[k]) * p.weights[k * c + jhat];
+    }
+  }
+
+  const A gamma = p.focal_gamma;
+  if (gamma == A(0)) {
+    p.loss[row] = w * ce;
+    if (out == nullptr) return;
+    if (t == nullptr) {
+      const A off = eps * inv_c;
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(w * (e[j] * inv_sum - off));
+      out[y] = from_acc<T>(plain_grad(w, e[y] * inv_sum, target(y), A(1)));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j)
+        out[j] = from_acc<T>(plain_grad(w, e[j] * inv_sum, target(j), target_sum));
+    }
+    return;
+  }
+
+  // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0.
+  A loss = 0;
+  A sum_ts_g = 0;
+  if (t == nullptr && eps == A(0)) {
+    const FocalTerms<A> f = focal_terms(to_acc(z[y]) - m - lse, gamma);
+    loss = f.phi;
+    sum_ts_g = f.g;
+  } else {
+    for (int64_t j = 0; j < c; ++j) {
+      const A ts = target(j);
+      const FocalTerms<A> f = focal_terms(to_acc(z[j]) - m - lse, gamma);
+      aux[j] = f.g;
+      loss += ts * f.phi;
+      sum_ts_g += ts * f.g;
+    }
+  }
+  p.loss[row] = w * loss;
+  if (out == nullptr) return;
+  if (t == nullptr && eps == A(0)) {
+    for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(-w * e[j] * inv_sum * sum_ts_g);
+    out[y] = from_acc<T>(focal_grad(w, e[y] * inv_sum, A(1), sum_ts_g, sum_ts_g));
+  } else {
+    for (int64_t j = 0; j < c; ++j)
+      out[j] = from_acc<T>(focal_grad(w, e[j] * inv_sum, target(j), aux[j], sum_ts_g));
+  }
+}
+
+}  // namespace
+
+template <typename T, typename A>
+int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
+  const int64_t c = p.c;
+  const bool sparse = p.dense == nullptr;
+  for (int64_t row = begin; row < end; ++row) {
+    int64_t y = -1;
+    if (sparse) {
+      y = label_at(p, row);
+      if (p.has_ignore_class && y == p.ignore_class) {
+        p.loss[row] = 0;
+        if (p.backprop != nullptr) fill_row(p.backprop + row * c, c, A(0));
+        continue;
+      }
+      if (y < 0 || y >= c) return row;
+    }
+    softmax_row(p, row, y, scratch, scratch + c);
+  }
+  return -1;
+}
+
+template <typename T, typename A>
+int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end) {
+  const A eps = p.label_smoothing;
+  const A gamma = p.focal_gamma;
+  // Validate first so the main loops have no early exit and vectorize.
+  for (int64_t k = begin; k < end; ++k) {
+    const A y = to_acc(p.labels[k]);
+    if (y < A(0) || y > A(1)) return k;
+  }
+  // Walk row segments so the class index is the inner loop's counter.
+  for (int64_t k = begin; k < end;) {
+    const int64_t first_class = k % p.c;
+    const int64_t count = (p.c - first_class) < (end - k) ? (p.c - first_class) : (end - k);
+    const T* z = p.logits + k;
+    const T* labels = p.labels + k;
+    A* loss = p.loss + k;
+    T* out = p.backprop != nullptr ? p.backprop + k : nullptr;
+    if (gamma == A(0)) {
+#pragma omp simd
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t cls = first_class + j;
+        const SigmoidTerms<A> s = sigmoid_terms_plain(
+            to_acc(z[j]), smooth_binary_label(to_acc(labels[j]), eps),
+            class_value(p.pos_weight, p.pos_weight_size, cls),
+            class_value(p.neg_weight, p.neg_weight_size, cls));
+        loss[j] = s.loss;
+        if (out != nullptr) out[j] = from_acc<T>(s.grad);
+      }
+    } else {
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t cls = first_class + j;
+        const SigmoidTerms<A> s = sigmoid_terms(
+            to_acc(z[j]), smooth_binary_label(to_acc(labels[j]), eps),
+            class_value(p.pos_weight, p.pos_weight_size, cls),
+            class_value(p.neg_weight, p.neg_weight_size, cls), gamma);
+        loss[j] = s.loss;
+        if (out != nullptr) out[j] = from_acc<T>(s.grad);
+      }
+    }
+    k += count;
+  }
+  return -1;
+}
+
+template <typename T, typename A>
+void scale_rows(const T* in, const A* scale, T* out, int64_t c, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const A s = scale[row];
+    const T* src = in + row * c;
+    T* dst = out + row * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) dst[j] = from_acc<T>(to_acc(src[j]) * s);
+  }
+}
+
+template <typename T, typename A>
+void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t k = begin; k < end; ++k) out[k] = from_acc<T>(to_acc(in[k]) * scale[k]);
+}
+
+#define COSTXENT_INSTANTIATE(T, A)                                                         \
+  template int64_t softmax_rows<T, A>(const SoftmaxProblem<T, A>&, int64_t, int64_t, A*); \
+  template int64_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, int64_t, int64_t); \
+  template void scale_rows<T, A>(const T*, const A*, T*, int64_t, int64_t, int64_t);      \
+  template void scale_elements<T, A>(const T*, const A*, T*, int64_t, int64_t);
+COSTXENT_FOR_EACH_TYPE_PAIR(COSTXENT_INSTANTIATE)
+#undef COSTXENT_INSTANTIATE
+
+}  // namespace COSTXENT_CPU_ISA
+}  // namespace cpu
+}  // namespace costxent

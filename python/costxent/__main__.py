@@ -1,0 +1,68 @@
+"""``python -m costxent demo | bench | info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def info() -> int:
+    """Print versions, the active implementation, and a small worked cost-matrix example."""
+    import numpy as np
+    import tensorflow as tf
+
+    import costxent as cx
+
+    try:
+        from costxent import _build_info
+
+        built_for = f"TensorFlow {_build_info.TF_VERSION}, CUDA kernels: {_build_info.WITH_CUDA}"
+    except ImportError:
+        built_for = "not built"
+    print(f"costxent {cx.__version__}")
+    print(f"TensorFlow {tf.__version__}, Keras {__import__('keras').__version__}")
+    print(f"op library: built for {built_for}")
+    print(f"implementation: {cx.ops.implementation()}")
+
+    # M[true, predicted]: a true 1 predicted as 2 costs 5, predicted as 0 costs 2.
+    cost = np.array([[0.0, 1.0, 1.0], [2.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
+    logits = tf.constant([[3.0, 1.0, 0.0], [0.5, 0.0, 2.5], [2.0, 0.1, 0.1]])
+    labels = tf.constant([0, 1, 1])
+    plain = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    weighted = cx.ops.softmax_cross_entropy(labels, logits, cost_matrix=cost)
+    expected = cx.ops.expected_cost(labels, logits, cost)
+    print("\nWorked example, cost matrix M[true, predicted]:")
+    print(cost)
+    print("row  true  predicted  M[true,pred]  cross-entropy  cost-weighted CE  expected cost")
+    predicted = tf.argmax(logits, axis=-1).numpy()
+    for i in range(3):
+        y, j = int(labels[i]), int(predicted[i])
+        print(
+            f"{i:3d}  {y:4d}  {j:9d}  {cost[y, j]:12.1f}  {plain[i]:13.4f}  "
+            f"{weighted[i]:16.4f}  {expected[i]:13.4f}"
+        )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m costxent``."""
+    parser = argparse.ArgumentParser(prog="python -m costxent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, active implementation and a worked example")
+    sub.add_parser("demo", help="train on imbalanced digits with four losses", add_help=False)
+    sub.add_parser("bench", help="benchmark the fused kernels against pure TF", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        return info()
+    if args.command == "demo":
+        from costxent import demo
+
+        return demo.main(rest)
+    from costxent import bench
+
+    return bench.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
