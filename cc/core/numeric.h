@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
@@ -42,9 +41,7 @@ COSTXENT_HD uint32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
+  return __builtin_bit_cast(uint32_t, f);
 #endif
 }
 
@@ -52,9 +49,7 @@ COSTXENT_HD float bits_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+  return __builtin_bit_cast(float, u);
 #endif
 }
 

@@ -2,6 +2,10 @@
 #include <atomic>
 #include <cstdint>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cc/core/cpu.h"
 #include "cc/tf/kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -34,6 +38,22 @@ int64_t shard_and_find_first_invalid(OpKernelContext* ctx, int64_t total, double
   return result == total ? -1 : result;
 }
 
+// TensorFlow's CPU allocator hands out large outputs as fresh 4 KiB pages, and faulting in
+// 64 MiB of them costs several times the kernel itself on a VM. Asking for transparent huge
+// pages before the first write (as NumPy does for its large arrays) removes most faults;
+// memory already touched is unaffected, and the call is advisory (errors are ignored).
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 }  // namespace
 
 template <>
@@ -42,6 +62,8 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static void softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
+    if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
+      advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
     const int64_t bad = shard_and_find_first_invalid(
         ctx, p.n,
         cpu::softmax_row_cycles(p.c, p.dense != nullptr,
@@ -55,6 +77,9 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static void sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
+    advise_huge_pages(p.loss, sizeof(A) * p.n * p.c);
+    if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
+      advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
     const int64_t bad = shard_and_find_first_invalid(
         ctx, p.n * p.c, cpu::sigmoid_element_cycles(p.focal_gamma != A(0)),
         [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
@@ -68,6 +93,7 @@ struct Launch<CPUDevice> {
   template <typename T, typename A>
   static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t n,
                     int64_t c, bool per_row) {
+    if (out != in) advise_huge_pages(out, sizeof(T) * n * c);
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     if (per_row) {
       pool->ParallelFor(n, 2 * c, [&](int64_t begin, int64_t end) {
