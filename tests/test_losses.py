@@ -7,6 +7,7 @@ round trips with no custom_objects, and ``model.fit`` with and without XLA.
 
 from __future__ import annotations
 
+import doctest
 import json
 from collections.abc import Callable
 from typing import Any
@@ -51,14 +52,20 @@ def _assert_same_as(
             want = theirs(reduction)(y_true, y_pred, sample_weight=sw)
             assert got.dtype == want.dtype, (reduction, sw is not None)
             np.testing.assert_allclose(
-                got, want, rtol=rtol, atol=1e-6, err_msg=f"reduction={reduction}, sample_weight={sw is not None}"
+                got,
+                want,
+                rtol=rtol,
+                atol=1e-6,
+                err_msg=f"reduction={reduction}, sample_weight={sw is not None}",
             )
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("labels", ["onehot", "soft"])
-def test_matches_keras_categorical_crossentropy(from_logits: bool, label_smoothing: float, labels: str) -> None:
+def test_matches_keras_categorical_crossentropy(
+    from_logits: bool, label_smoothing: float, labels: str
+) -> None:
     y = ONEHOT if labels == "onehot" else SOFT
     kwargs = {"from_logits": from_logits, "label_smoothing": label_smoothing}
     _assert_same_as(
@@ -88,19 +95,25 @@ def test_matches_keras_sparse_categorical_crossentropy(
     )
 
 
+def _ours_ignoring(reduction: Any) -> keras.losses.Loss:
+    return cx.WeightedCategoricalCrossentropy(
+        from_logits=True, ignore_class=-1, reduction=reduction
+    )
+
+
+def _keras_ignoring(reduction: Any) -> keras.losses.Loss:
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=-1, reduction=reduction
+    )
+
+
 def test_ignore_class_on_sequences_matches_keras() -> None:
     logits = RNG.normal(size=(3, 5, C)).astype(np.float32)
     ids = RNG.integers(0, C, size=(3, 5))
     ids[0, 3:] = -1
     ids[2, :] = -1
     for sw in (RNG.random((3, 5)).astype(np.float32), RNG.random((3, 5, 1)).astype(np.float32)):
-        _assert_same_as(
-            lambda r: cx.WeightedCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=r),
-            lambda r: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=r),
-            ids,
-            logits,
-            sample_weight=sw,
-        )
+        _assert_same_as(_ours_ignoring, _keras_ignoring, ids, logits, sample_weight=sw)
 
 
 def test_expected_cost_ignore_class_reduces_like_keras() -> None:
@@ -109,27 +122,25 @@ def test_expected_cost_ignore_class_reduces_like_keras() -> None:
     ids = IDS.copy()
     ids[[0, 7]] = -1
     _assert_same_as(
-        lambda r: cx.ExpectedCostLoss(np.zeros((C, C)), ce_weight=1.0, from_logits=True, ignore_class=-1, reduction=r),
-        lambda r: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=r),
+        lambda r: cx.ExpectedCostLoss(
+            np.zeros((C, C)), ce_weight=1.0, from_logits=True, ignore_class=-1, reduction=r
+        ),
+        _keras_ignoring,
         ids,
         LOGITS,
     )
 
 
 def test_all_ignored_batch_gives_zero_like_keras() -> None:
-    ids = np.full(N, -1)
-    _assert_same_as(
-        lambda r: cx.WeightedCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=r),
-        lambda r: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=r),
-        ids,
-        LOGITS,
-    )
+    _assert_same_as(_ours_ignoring, _keras_ignoring, np.full(N, -1), LOGITS)
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
 @pytest.mark.parametrize("gamma", [0.5, 2.0])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_matches_keras_categorical_focal_crossentropy(from_logits: bool, gamma: float, label_smoothing: float) -> None:
+def test_matches_keras_categorical_focal_crossentropy(
+    from_logits: bool, gamma: float, label_smoothing: float
+) -> None:
     """Keras' ``alpha`` is one scalar multiplying every term, so alpha=1 is our unweighted
     focal loss and alpha=a is ours with ``class_weight=[a] * C``."""
     y_pred = LOGITS if from_logits else PROBS
@@ -139,7 +150,9 @@ def test_matches_keras_categorical_focal_crossentropy(from_logits: bool, gamma: 
             lambda r: cx.WeightedCategoricalCrossentropy(
                 focal_gamma=gamma, class_weight=class_weight, reduction=r, **kwargs
             ),
-            lambda r: keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=gamma, reduction=r, **kwargs),
+            lambda r: keras.losses.CategoricalFocalCrossentropy(
+                alpha=alpha, gamma=gamma, reduction=r, **kwargs
+            ),
             ONEHOT,
             y_pred,
         )
@@ -150,13 +163,15 @@ def test_class_weight_equals_keras_sample_weight(class_weight: Any) -> None:
     """A class weight acts like Keras' ``sample_weight = class_weight[y]`` (what
     ``model.fit(class_weight=...)`` does)."""
     a = np.ones(C, dtype=np.float32)
-    for k, v in (class_weight.items() if isinstance(class_weight, dict) else enumerate(class_weight)):
+    for k, v in (
+        class_weight.items() if isinstance(class_weight, dict) else enumerate(class_weight)
+    ):
         a[k] = v
     for reduction in ["none", "sum", "sum_over_batch_size"]:
         for y in (IDS, ONEHOT):
-            got = cx.WeightedCategoricalCrossentropy(class_weight=class_weight, from_logits=True, reduction=reduction)(
-                y, LOGITS, sample_weight=SAMPLE_WEIGHT
-            )
+            got = cx.WeightedCategoricalCrossentropy(
+                class_weight=class_weight, from_logits=True, reduction=reduction
+            )(y, LOGITS, sample_weight=SAMPLE_WEIGHT)
             want = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)(
                 ONEHOT, LOGITS, sample_weight=SAMPLE_WEIGHT * a[IDS]
             )
@@ -177,7 +192,9 @@ def test_cost_matrix_loss_matches_oracle(from_logits: bool, labels: str) -> None
     loss = cx.WeightedCategoricalCrossentropy(from_logits=from_logits, reduction="none", **kwargs)
     np.testing.assert_allclose(loss(y, y_pred), want, rtol=1e-5)
     loss = cx.WeightedCategoricalCrossentropy(from_logits=from_logits, **kwargs)
-    np.testing.assert_allclose(loss(y, y_pred, sample_weight=SAMPLE_WEIGHT), _oracle_mean(want, SAMPLE_WEIGHT), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss(y, y_pred, sample_weight=SAMPLE_WEIGHT), _oracle_mean(want, SAMPLE_WEIGHT), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -186,18 +203,26 @@ def test_expected_cost_loss_matches_oracle(from_logits: bool, labels: str) -> No
     y = IDS if labels == "sparse" else SOFT
     y_pred = LOGITS if from_logits else PROBS
     signed = COST - 1.0
-    want, _ = oracle.expected_cost(y, LOGITS.astype(np.float64), signed, ce_weight=0.3, label_smoothing=0.1)
-    loss = cx.ExpectedCostLoss(signed, ce_weight=0.3, label_smoothing=0.1, from_logits=from_logits, reduction=None)
+    want, _ = oracle.expected_cost(
+        y, LOGITS.astype(np.float64), signed, ce_weight=0.3, label_smoothing=0.1
+    )
+    loss = cx.ExpectedCostLoss(
+        signed, ce_weight=0.3, label_smoothing=0.1, from_logits=from_logits, reduction=None
+    )
     np.testing.assert_allclose(loss(y, y_pred), want, rtol=1e-5, atol=1e-6)
     loss = cx.ExpectedCostLoss(signed, ce_weight=0.3, label_smoothing=0.1, from_logits=from_logits)
-    np.testing.assert_allclose(loss(y, y_pred, sample_weight=SAMPLE_WEIGHT), _oracle_mean(want, SAMPLE_WEIGHT), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss(y, y_pred, sample_weight=SAMPLE_WEIGHT), _oracle_mean(want, SAMPLE_WEIGHT), rtol=1e-5
+    )
 
 
 def test_cost_matrix_gradient_through_keras_loss_matches_oracle() -> None:
     z = tf.constant(LOGITS)
     with tf.GradientTape() as tape:
         tape.watch(z)
-        value = cx.WeightedCategoricalCrossentropy(cost_matrix=COST, from_logits=True, reduction="sum")(IDS, z)
+        value = cx.WeightedCategoricalCrossentropy(
+            cost_matrix=COST, from_logits=True, reduction="sum"
+        )(IDS, z)
     _, want = oracle.softmax_cross_entropy(IDS, LOGITS.astype(np.float64), cost_matrix=COST)
     np.testing.assert_allclose(tape.gradient(value, z), want, rtol=1e-5, atol=1e-6)
 
@@ -211,7 +236,9 @@ def _binary_problem(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.
 @pytest.mark.parametrize("from_logits", [True, False])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("shape", [(N, 5), (N, 1), (3, 4, 5)])
-def test_matches_keras_binary_crossentropy(from_logits: bool, label_smoothing: float, shape: tuple[int, ...]) -> None:
+def test_matches_keras_binary_crossentropy(
+    from_logits: bool, label_smoothing: float, shape: tuple[int, ...]
+) -> None:
     y, logits, probs = _binary_problem(shape)
     sw = RNG.random(shape[:-1]).astype(np.float32)
     kwargs = {"from_logits": from_logits, "label_smoothing": label_smoothing}
@@ -237,14 +264,24 @@ def test_binary_labels_without_trailing_axis_match_keras() -> None:
 @pytest.mark.parametrize("from_logits", [True, False])
 @pytest.mark.parametrize("alpha", [0.25, 0.9])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-def test_matches_keras_binary_focal_crossentropy(from_logits: bool, alpha: float, gamma: float) -> None:
+def test_matches_keras_binary_focal_crossentropy(
+    from_logits: bool, alpha: float, gamma: float
+) -> None:
     y, logits, probs = _binary_problem((N, 5))
     _assert_same_as(
         lambda r: cx.WeightedBinaryCrossentropy(
-            pos_weight=alpha, neg_weight=1 - alpha, focal_gamma=gamma, from_logits=from_logits, reduction=r
+            pos_weight=alpha,
+            neg_weight=1 - alpha,
+            focal_gamma=gamma,
+            from_logits=from_logits,
+            reduction=r,
         ),
         lambda r: keras.losses.BinaryFocalCrossentropy(
-            apply_class_balancing=True, alpha=alpha, gamma=gamma, from_logits=from_logits, reduction=r
+            apply_class_balancing=True,
+            alpha=alpha,
+            gamma=gamma,
+            from_logits=from_logits,
+            reduction=r,
         ),
         y,
         logits if from_logits else probs,
@@ -255,25 +292,41 @@ def test_matches_keras_binary_focal_crossentropy(from_logits: bool, alpha: float
 def test_pos_weight_matches_tf_weighted_cross_entropy(pos_weight: Any) -> None:
     _, logits, _ = _binary_problem((N, 5))
     y = RNG.random((N, 5)).astype(np.float32)
-    got = cx.WeightedBinaryCrossentropy(pos_weight=pos_weight, from_logits=True, reduction="none")(y, logits)
-    want = tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(y, logits, tf.constant(pos_weight)), axis=-1)
+    got = cx.WeightedBinaryCrossentropy(pos_weight=pos_weight, from_logits=True, reduction="none")(
+        y, logits
+    )
+    want = tf.reduce_mean(
+        tf.nn.weighted_cross_entropy_with_logits(y, logits, tf.constant(pos_weight)), axis=-1
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_binary_per_label_weights_match_oracle() -> None:
     y, logits, _ = _binary_problem((N, 5))
     kwargs = {"pos_weight": [1.0, 2.0, 27.0, 0.5, 3.0], "neg_weight": [0.5, 1.0, 1.0, 2.0, 0.1]}
-    loss = cx.WeightedBinaryCrossentropy(from_logits=True, focal_gamma=0.5, label_smoothing=0.1, **kwargs)
-    want, _ = oracle.sigmoid_cross_entropy(y, logits.astype(np.float64), focal_gamma=0.5, label_smoothing=0.1, **kwargs)
-    np.testing.assert_allclose(loss(y, logits, sample_weight=SAMPLE_WEIGHT), _oracle_mean(want.mean(-1), SAMPLE_WEIGHT), rtol=1e-5)
+    loss = cx.WeightedBinaryCrossentropy(
+        from_logits=True, focal_gamma=0.5, label_smoothing=0.1, **kwargs
+    )
+    want, _ = oracle.sigmoid_cross_entropy(
+        y, logits.astype(np.float64), focal_gamma=0.5, label_smoothing=0.1, **kwargs
+    )
+    np.testing.assert_allclose(
+        loss(y, logits, sample_weight=SAMPLE_WEIGHT),
+        _oracle_mean(want.mean(-1), SAMPLE_WEIGHT),
+        rtol=1e-5,
+    )
 
 
 LOSS_FACTORIES: dict[str, Callable[..., keras.losses.Loss]] = {
     "categorical": lambda **kw: cx.WeightedCategoricalCrossentropy(
         cost_matrix=COST, focal_gamma=0.5, label_smoothing=0.1, ignore_class=-1, **kw
     ),
-    "class_weight": lambda **kw: cx.WeightedCategoricalCrossentropy(class_weight={0: 2.0, 2: 0.5}, **kw),
-    "expected_cost": lambda **kw: cx.ExpectedCostLoss(COST - 1.0, ce_weight=0.2, ignore_class=-1, **kw),
+    "class_weight": lambda **kw: cx.WeightedCategoricalCrossentropy(
+        class_weight={0: 2.0, 2: 0.5}, **kw
+    ),
+    "expected_cost": lambda **kw: cx.ExpectedCostLoss(
+        COST - 1.0, ce_weight=0.2, ignore_class=-1, **kw
+    ),
     "binary": lambda **kw: cx.WeightedBinaryCrossentropy(
         pos_weight=[1.0, 3.0, 0.5, 2.0], neg_weight=0.5, focal_gamma=2.0, label_smoothing=0.1, **kw
     ),
@@ -301,18 +354,23 @@ def test_probabilities_agree_with_logits(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", list(LOSS_FACTORIES))
-def test_float64_dtype(kind: str) -> None:
+@pytest.mark.parametrize("dtype,rtol", [("float16", 2e-3), ("bfloat16", 2e-2), ("float64", 1e-5)])
+def test_loss_dtype(kind: str, dtype: str, rtol: float) -> None:
     y, logits = _inputs(kind)
-    loss64 = LOSS_FACTORIES[kind](from_logits=True, dtype="float64", reduction="none")(y, logits.astype(np.float64))
-    loss32 = LOSS_FACTORIES[kind](from_logits=True, reduction="none")(y, logits)
-    assert loss64.dtype == tf.float64 and loss32.dtype == tf.float32
-    np.testing.assert_allclose(loss64, loss32, rtol=1e-5, atol=1e-6)
+    got = LOSS_FACTORIES[kind](from_logits=True, dtype=dtype, reduction="none")(y, logits)
+    want = LOSS_FACTORIES[kind](from_logits=True, reduction="none")(y, logits)
+    assert got.dtype == dtype and want.dtype == tf.float32
+    np.testing.assert_allclose(tf.cast(got, tf.float64), want, rtol=rtol, atol=rtol)
 
 
 @pytest.mark.parametrize("kind", list(LOSS_FACTORIES))
 def test_empty_batch_like_keras(kind: str) -> None:
     y, logits = _inputs(kind)
-    theirs = keras.losses.BinaryCrossentropy if kind == "binary" else keras.losses.SparseCategoricalCrossentropy
+    theirs = (
+        keras.losses.BinaryCrossentropy
+        if kind == "binary"
+        else keras.losses.SparseCategoricalCrossentropy
+    )
     keras_y = y[:0] if kind == "binary" else np.zeros(0)
     for reduction in REDUCTIONS:
         got = LOSS_FACTORIES[kind](from_logits=True, reduction=reduction)(y[:0], logits[:0])
@@ -326,18 +384,24 @@ def test_config_round_trip_through_json(kind: str) -> None:
     y, logits = _inputs(kind)
     loss = LOSS_FACTORIES[kind](from_logits=True, reduction="sum", name="my_loss", dtype="float64")
     config = loss.get_config()
-    assert json.loads(json.dumps(config)) == json.loads(json.dumps(type(loss).from_config(config).get_config()))
+    assert json.loads(json.dumps(config)) == json.loads(
+        json.dumps(type(loss).from_config(config).get_config())
+    )
     serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(loss)))
     assert serialized["registered_name"] == f"costxent>{type(loss).__name__}"
     restored = keras.saving.deserialize_keras_object(serialized)
     assert type(restored) is type(loss)
     assert restored.get_config() == config
-    np.testing.assert_array_equal(restored(y, logits.astype(np.float64)), loss(y, logits.astype(np.float64)))
+    np.testing.assert_array_equal(
+        restored(y, logits.astype(np.float64)), loss(y, logits.astype(np.float64))
+    )
 
 
 def test_class_weight_dict_keys_survive_json() -> None:
     loss = cx.WeightedCategoricalCrossentropy(class_weight={1: 3.0, 2: 0.5}, from_logits=True)
-    restored = cx.WeightedCategoricalCrossentropy.from_config(json.loads(json.dumps(loss.get_config())))
+    restored = cx.WeightedCategoricalCrossentropy.from_config(
+        json.loads(json.dumps(loss.get_config()))
+    )
     assert restored.class_weight == {1: 3.0, 2: 0.5}
     np.testing.assert_allclose(restored(IDS, LOGITS), loss(IDS, LOGITS), rtol=0)
 
@@ -345,7 +409,9 @@ def test_class_weight_dict_keys_survive_json() -> None:
 def test_array_and_tensor_arguments_are_stored_as_plain_lists() -> None:
     loss = cx.WeightedCategoricalCrossentropy(cost_matrix=tf.constant(COST))
     assert loss.get_config()["cost_matrix"] == COST.tolist()
-    loss = cx.WeightedBinaryCrossentropy(pos_weight=np.array([1.0, 2.0]), neg_weight=np.float32(0.5))
+    loss = cx.WeightedBinaryCrossentropy(
+        pos_weight=np.array([1.0, 2.0]), neg_weight=np.float32(0.5)
+    )
     assert loss.get_config()["pos_weight"] == [1.0, 2.0] and loss.get_config()["neg_weight"] == 0.5
 
 
@@ -360,12 +426,16 @@ def _classification_data(kind: str) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _model(width: int) -> keras.Model:
-    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(width)])
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(width)]
+    )
 
 
 @pytest.mark.parametrize("kind", ["categorical", "expected_cost", "binary"])
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_model_fit_loss_falls(kind: str, jit_compile: bool) -> None:
+@pytest.mark.parametrize("jit_compile", ["auto", True])
+def test_model_fit_loss_falls(kind: str, jit_compile: str | bool) -> None:
+    """Keras' default ("auto": no XLA on a CPU-only machine, the fused op) and XLA (the
+    reference path) both train."""
     keras.utils.set_random_seed(0)
     x, y, width = _classification_data(kind)
     model = _model(width)
@@ -391,4 +461,11 @@ def test_model_save_and_load_without_custom_objects(kind: str, tmp_path: Any) ->
     loaded = keras.models.load_model(path)
     assert type(loaded.loss) is type(loss)
     assert loaded.loss.get_config() == loss.get_config()
-    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6
+    )
+
+
+def test_docstring_examples() -> None:
+    results = doctest.testmod(cx.losses, optionflags=doctest.ELLIPSIS)
+    assert results.attempted >= 3 and results.failed == 0

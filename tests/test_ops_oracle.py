@@ -151,8 +151,12 @@ def test_expected_cost_matches_oracle(impl: str, ce_weight: float, eps: float, k
     if kind == "ignore":
         kwargs["ignore_class"] = IGNORE
     fn = _impl(impl).expected_cost
-    got = _loss_and_grad(lambda y, z, **kw: fn(y, z, SIGNED_COST, **kw), labels, logits, tf.float32, **kwargs)
-    _check(got, oracle.expected_cost(labels, logits, SIGNED_COST, **kwargs), tf.float32, per_row=True)
+    got = _loss_and_grad(
+        lambda y, z, **kw: fn(y, z, SIGNED_COST, **kw), labels, logits, tf.float32, **kwargs
+    )
+    _check(
+        got, oracle.expected_cost(labels, logits, SIGNED_COST, **kwargs), tf.float32, per_row=True
+    )
 
 
 SIGMOID_WEIGHTS = {
@@ -192,12 +196,21 @@ def test_leading_shapes(impl: str, lead: tuple[int, ...], kind: str) -> None:
     got = _loss_and_grad(_impl(impl).softmax_cross_entropy, labels, logits, tf.float32, **kwargs)
     _check(got, oracle.softmax_cross_entropy(labels, logits, **kwargs), tf.float32, per_row=True)
     sig_labels = rng.random(lead + (C,))
-    got = _loss_and_grad(_impl(impl).sigmoid_cross_entropy, sig_labels, logits, tf.float32, pos_weight=2.0)
-    _check(got, oracle.sigmoid_cross_entropy(sig_labels, logits, pos_weight=2.0), tf.float32, per_row=False)
+    got = _loss_and_grad(
+        _impl(impl).sigmoid_cross_entropy, sig_labels, logits, tf.float32, pos_weight=2.0
+    )
+    _check(
+        got,
+        oracle.sigmoid_cross_entropy(sig_labels, logits, pos_weight=2.0),
+        tf.float32,
+        per_row=False,
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64], ids=lambda d: d.name)
+@pytest.mark.parametrize(
+    "dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64], ids=lambda d: d.name
+)
 def test_dtypes(impl: str, dtype: tf.DType) -> None:
     rng = np.random.default_rng(5)
     logits = _quantized(rng.normal(size=(2, 3, 7)) * 2, dtype)
@@ -214,10 +227,19 @@ def test_dtypes(impl: str, dtype: tf.DType) -> None:
     got = _loss_and_grad(module.softmax_cross_entropy, ids, logits, dtype, **kwargs)
     _check(got, oracle.softmax_cross_entropy(ids, logits, **kwargs), dtype, per_row=True)
 
-    got = _loss_and_grad(lambda y, z, **kw: module.expected_cost(y, z, cost, **kw), ids, logits, dtype, ce_weight=0.5)
+    got = _loss_and_grad(
+        lambda y, z, **kw: module.expected_cost(y, z, cost, **kw), ids, logits, dtype, ce_weight=0.5
+    )
     _check(got, oracle.expected_cost(ids, logits, cost, ce_weight=0.5), dtype, per_row=True)
 
-    y = rng.random(logits.shape)
+    # Dense labels travel in the logits' dtype (as in tf.nn.softmax_cross_entropy_with_logits),
+    # so the oracle sees them quantized the same way.
+    soft = _quantized(_labels("soft", (2, 3), 7, rng), dtype)
+    kwargs = {"class_weight": cw, "label_smoothing": 0.1}
+    got = _loss_and_grad(module.softmax_cross_entropy, soft, logits, dtype, **kwargs)
+    _check(got, oracle.softmax_cross_entropy(soft, logits, **kwargs), dtype, per_row=True)
+
+    y = _quantized(rng.random(logits.shape), dtype)
     kwargs = {"pos_weight": cw, "neg_weight": 0.5, "focal_gamma": 2.0, "label_smoothing": 0.1}
     got = _loss_and_grad(module.sigmoid_cross_entropy, y, logits, dtype, **kwargs)
     _check(got, oracle.sigmoid_cross_entropy(y, logits, **kwargs), dtype, per_row=False)
@@ -230,22 +252,32 @@ def test_large_logits_stay_finite(impl: str) -> None:
         logits = _quantized(np.array([[big, 0.0, -big], [-big, big, 0.0], [0.0, -big, big]]), dtype)
         labels = np.array([0, 2, 2], dtype=np.int32)
         for gamma in (0.0, 0.5):
-            got = _loss_and_grad(module.softmax_cross_entropy, labels, logits, dtype, focal_gamma=gamma)
+            got = _loss_and_grad(
+                module.softmax_cross_entropy, labels, logits, dtype, focal_gamma=gamma
+            )
             assert np.all(np.isfinite(got[0])) and np.all(np.isfinite(got[1]))
             want = oracle.softmax_cross_entropy(labels, logits, focal_gamma=gamma)
             np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         y = np.array([[1.0, 0.0, 1.0]] * 3)
         got = _loss_and_grad(module.sigmoid_cross_entropy, y, logits, dtype, focal_gamma=0.5)
         assert np.all(np.isfinite(got[0])) and np.all(np.isfinite(got[1]))
-        np.testing.assert_allclose(got[0], oracle.sigmoid_cross_entropy(y, logits, focal_gamma=0.5)[0], rtol=1e-5)
+        np.testing.assert_allclose(
+            got[0], oracle.sigmoid_cross_entropy(y, logits, focal_gamma=0.5)[0], rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_nan_logits_give_nan_loss_for_that_row(impl: str) -> None:
     logits = np.array([[np.nan, 0.0, 1.0], [0.0, 1.0, 2.0], [np.inf, 0.0, 0.0]], dtype=np.float32)
-    loss = _impl(impl).softmax_cross_entropy(np.array([0, 1, 0]), logits, cost_matrix=np.ones((3, 3))).numpy()
+    loss = (
+        _impl(impl)
+        .softmax_cross_entropy(np.array([0, 1, 0]), logits, cost_matrix=np.ones((3, 3)))
+        .numpy()
+    )
     assert np.isnan(loss[0]) and np.isnan(loss[2])
-    np.testing.assert_allclose(loss[1], oracle.softmax_cross_entropy(np.array([1]), logits[1:2])[0][0], rtol=1e-6)
+    np.testing.assert_allclose(
+        loss[1], oracle.softmax_cross_entropy(np.array([1]), logits[1:2])[0][0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -257,10 +289,16 @@ def test_compute_gradient_agrees_with_numerical_jacobian(impl: str) -> None:
     y = rng.random((3, 4))
     cost = rng.random((4, 4))
     functions = [
-        lambda x: module.softmax_cross_entropy(ids, x, class_weight=[1.0, 2.0, 0.5, 3.0], focal_gamma=0.5),
-        lambda x: module.softmax_cross_entropy(y / y.sum(-1, keepdims=True), x, label_smoothing=0.2),
+        lambda x: module.softmax_cross_entropy(
+            ids, x, class_weight=[1.0, 2.0, 0.5, 3.0], focal_gamma=0.5
+        ),
+        lambda x: module.softmax_cross_entropy(
+            y / y.sum(-1, keepdims=True), x, label_smoothing=0.2
+        ),
         lambda x: module.expected_cost(ids, x, cost, ce_weight=0.3),
-        lambda x: module.sigmoid_cross_entropy(y, x, pos_weight=[1.0, 2.0, 3.0, 4.0], focal_gamma=2.0),
+        lambda x: module.sigmoid_cross_entropy(
+            y, x, pos_weight=[1.0, 2.0, 3.0, 4.0], focal_gamma=2.0
+        ),
     ]
     for fn in functions:
         theoretical, numerical = tf.test.compute_gradient(fn, [z], delta=1e-6)
@@ -282,7 +320,9 @@ def test_unweighted_matches_tf_nn() -> None:
             ours = cx.ops.softmax_cross_entropy(labels, z)
             theirs = tf_fn(labels=labels, logits=z)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(tape.gradient(ours, z), tape.gradient(theirs, z), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            tape.gradient(ours, z), tape.gradient(theirs, z), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("pos_weight", [1.0, 27.0, [0.5, 1.0, 3.0, 9.0]])
@@ -295,7 +335,9 @@ def test_pos_weight_matches_weighted_cross_entropy_with_logits(pos_weight: Any) 
         ours = cx.ops.sigmoid_cross_entropy(y, z, pos_weight=pos_weight)
         theirs = tf.nn.weighted_cross_entropy_with_logits(y, z, tf.constant(pos_weight, tf.float32))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(tape.gradient(ours, z), tape.gradient(theirs, z), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(ours, z), tape.gradient(theirs, z), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -310,43 +352,54 @@ def test_under_xla(impl: str) -> None:
     def run(z: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:
             tape.watch(z)
-            a = module.softmax_cross_entropy(ids, z, cost_matrix=COST, focal_gamma=0.5, ignore_class=IGNORE)
+            a = module.softmax_cross_entropy(
+                ids, z, cost_matrix=COST, focal_gamma=0.5, ignore_class=IGNORE
+            )
             b = module.expected_cost(ids, z, SIGNED_COST, ce_weight=0.5, ignore_class=IGNORE)
             c = module.sigmoid_cross_entropy(y, z, pos_weight=2.0, focal_gamma=2.0)
             total = tf.reduce_sum(a) + tf.reduce_sum(b) + tf.reduce_sum(c)
         return a, b, c, tape.gradient(total, z)
 
     a, b, c, grad = run(tf.constant(logits))
-    wa, ga = oracle.softmax_cross_entropy(ids, logits, cost_matrix=COST, focal_gamma=0.5, ignore_class=IGNORE)
+    wa, ga = oracle.softmax_cross_entropy(
+        ids, logits, cost_matrix=COST, focal_gamma=0.5, ignore_class=IGNORE
+    )
     wb, gb = oracle.expected_cost(ids, logits, SIGNED_COST, ce_weight=0.5, ignore_class=IGNORE)
     wc, gc = oracle.sigmoid_cross_entropy(y, logits, pos_weight=2.0, focal_gamma=2.0)
     for got, want in [(a, wa), (b, wb), (c, wc), (grad, ga + gb + gc)]:
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-def _random_problem(data: st.DataObject, n: int, c: int) -> tuple[np.ndarray, np.random.Generator]:
+def _random_logits(data: st.DataObject, n: int, c: int) -> tuple[np.ndarray, np.random.Generator]:
+    """float32-representable [n, c] logits at a drawn scale, and a seeded generator."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     scale = data.draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]), label="scale")
     return (rng.normal(size=(n, c)) * scale).astype(np.float32).astype(np.float64), rng
 
 
+def _random_softmax_problem(
+    data: st.DataObject, n: int, c: int
+) -> tuple[np.ndarray, Any, np.random.Generator, dict[str, Any]]:
+    """Logits, labels of a drawn kind, the generator, and the smoothing/ignore_class kwargs."""
+    logits, rng = _random_logits(data, n, c)
+    kind = data.draw(st.sampled_from(LABEL_KINDS), label="labels")
+    kwargs: dict[str, Any] = {
+        "label_smoothing": data.draw(st.sampled_from([0.0, 0.1]), label="eps"),
+        "ignore_class": IGNORE if kind == "ignore" else None,
+    }
+    return logits, _labels(kind, (n,), c, rng), rng, kwargs
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(0, 500), c=st.integers(2, 500), data=st.data())
 def test_property_softmax_cross_entropy(n: int, c: int, data: st.DataObject) -> None:
-    logits, rng = _random_problem(data, n, c)
-    kind = data.draw(st.sampled_from(LABEL_KINDS), label="labels")
-    labels = _labels(kind, (n,), c, rng)
-    kwargs: dict[str, Any] = {
-        "focal_gamma": data.draw(st.sampled_from([0.0, 0.5, 2.0]), label="gamma"),
-        "label_smoothing": data.draw(st.sampled_from([0.0, 0.1]), label="eps"),
-    }
+    logits, labels, rng, kwargs = _random_softmax_problem(data, n, c)
+    kwargs["focal_gamma"] = data.draw(st.sampled_from([0.0, 0.5, 2.0]), label="gamma")
     weighting = data.draw(st.sampled_from(["none", "class", "cost"]), label="weighting")
     if weighting == "class":
         kwargs["class_weight"] = rng.random(c) + 0.1
     elif weighting == "cost":
         kwargs["cost_matrix"] = rng.random((c, c)) * 2
-    if kind == "ignore":
-        kwargs["ignore_class"] = IGNORE
     got = _loss_and_grad(cx.ops.softmax_cross_entropy, labels, logits, tf.float32, **kwargs)
     _check_property(got, oracle.softmax_cross_entropy(labels, logits, **kwargs), per_row=True)
 
@@ -354,25 +407,28 @@ def test_property_softmax_cross_entropy(n: int, c: int, data: st.DataObject) -> 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(0, 500), c=st.integers(2, 500), data=st.data())
 def test_property_expected_cost(n: int, c: int, data: st.DataObject) -> None:
-    logits, rng = _random_problem(data, n, c)
-    kind = data.draw(st.sampled_from(LABEL_KINDS), label="labels")
-    labels = _labels(kind, (n,), c, rng)
+    logits, labels, rng, kwargs = _random_softmax_problem(data, n, c)
+    kwargs["ce_weight"] = data.draw(st.sampled_from([0.0, 0.3]), label="ce_weight")
     cost = rng.normal(size=(c, c))
-    kwargs: dict[str, Any] = {
-        "ce_weight": data.draw(st.sampled_from([0.0, 0.3]), label="ce_weight"),
-        "label_smoothing": data.draw(st.sampled_from([0.0, 0.1]), label="eps"),
-    }
-    if kind == "ignore":
-        kwargs["ignore_class"] = IGNORE
-    got = _loss_and_grad(lambda y, z, **kw: cx.ops.expected_cost(y, z, cost, **kw), labels, logits, tf.float32, **kwargs)
+    got = _loss_and_grad(
+        lambda y, z, **kw: cx.ops.expected_cost(y, z, cost, **kw),
+        labels,
+        logits,
+        tf.float32,
+        **kwargs,
+    )
     _check_property(got, oracle.expected_cost(labels, logits, cost, **kwargs), per_row=True)
 
 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(0, 500), c=st.integers(1, 500), data=st.data())
 def test_property_sigmoid_cross_entropy(n: int, c: int, data: st.DataObject) -> None:
-    logits, rng = _random_problem(data, n, c)
-    labels = rng.random((n, c)) if data.draw(st.booleans(), label="soft") else (rng.random((n, c)) < 0.1) * 1.0
+    logits, rng = _random_logits(data, n, c)
+    labels = (
+        rng.random((n, c))
+        if data.draw(st.booleans(), label="soft")
+        else (rng.random((n, c)) < 0.1) * 1.0
+    )
     kwargs: dict[str, Any] = {
         "focal_gamma": data.draw(st.sampled_from([0.0, 0.5, 2.0]), label="gamma"),
         "label_smoothing": data.draw(st.sampled_from([0.0, 0.1]), label="eps"),

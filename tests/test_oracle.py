@@ -58,7 +58,9 @@ def test_softmax_gradient_matches_finite_differences(kwargs: dict, label_kind: s
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"ce_weight": 0.3}, {"ce_weight": 1.0, "label_smoothing": 0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"ce_weight": 0.3}, {"ce_weight": 1.0, "label_smoothing": 0.1}]
+)
 @pytest.mark.parametrize("label_kind", ["sparse", "soft"])
 def test_expected_cost_gradient_matches_finite_differences(kwargs: dict, label_kind: str) -> None:
     z = RNG.normal(size=(5, 3)) * 2
@@ -156,7 +158,9 @@ def test_focal_stays_finite_for_confident_rows(gamma: float) -> None:
     loss, grad = oracle.softmax_cross_entropy(np.array([0, 0]), z, focal_gamma=gamma)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, 0.0, atol=1e-20)
-    loss, grad = oracle.sigmoid_cross_entropy(np.array([1.0, 0.0]), np.array([800.0, -800.0]), focal_gamma=gamma)
+    loss, grad = oracle.sigmoid_cross_entropy(
+        np.array([1.0, 0.0]), np.array([800.0, -800.0]), focal_gamma=gamma
+    )
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
 
 

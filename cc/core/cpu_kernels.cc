@@ -59,11 +59,12 @@ CX_INLINE float exp_nonpositive(float x) {
 
 CX_INLINE double exp_nonpositive(double x) { return std::exp(x); }
 
-// log(u) for u in [1, 2]: Cephes' logf polynomial around 1 or around sqrt(2).
-CX_INLINE float log_1_to_2(float u) {
+// log(u * 2^exponent) for u in [1, 2]: Cephes' logf polynomial around 1 or sqrt(2), with
+// ln 2 split in two so the exponent term adds no rounding error.
+CX_INLINE float log_scaled(float u, float exponent) {
   const bool high = u > 1.41421356f;
   const float x = select(high, u * 0.5f - 1.0f, u - 1.0f);
-  const float k = select(high, 1.0f, 0.0f);
+  const float k = exponent + select(high, 1.0f, 0.0f);
   const float z = x * x;
   float y = 7.0376836292e-2f;
   y = y * x - 1.1514610310e-1f;
@@ -80,12 +81,21 @@ CX_INLINE float log_1_to_2(float u) {
   return x + y + 0.693359375f * k;
 }
 
+// log(x) for a positive normal float (a softmax denominator, >= 1).
+CX_INLINE float log_positive(float x) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
+  const float exponent = static_cast<float>(static_cast<int32_t>(bits >> 23) - 127);
+  return log_scaled(__builtin_bit_cast(float, (bits & 0x7fffffu) | 0x3f800000u), exponent);
+}
+
+CX_INLINE double log_positive(double x) { return std::log(x); }
+
 // log1p(e) for e in [0, 1]; log(u) * e / (u - 1) undoes the rounding of u = 1 + e.
 CX_INLINE float log1p_unit(float e) {
   const float u = 1.0f + e;
   const float d = u - 1.0f;
   const bool exact = d == 0.0f;
-  return select(exact, e, log_1_to_2(u) * (e / select(exact, 1.0f, d)));
+  return select(exact, e, log_scaled(u, 0.0f) * (e / select(exact, 1.0f, d)));
 }
 
 CX_INLINE double log1p_unit(double e) { return std::log1p(e); }
@@ -267,10 +277,213 @@ CX_INLINE void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, int64_t y
   }
 }
 
+// Small C: a row is too short to vectorize along, and per-row overhead (reduction setup, a
+// scalar log, a division) would dominate. A block of kBlockRows rows is transposed into
+// [class][row] scratch so that every step below is a unit-stride loop over rows, the
+// per-row log included. Same formulas (row_math.h) as softmax_row.
+constexpr int64_t kSmallClasses = 32;
+constexpr int64_t kBlockRows = 32;
+
+template <typename A>
+struct SmallBlock {
+  A z[kSmallClasses][kBlockRows];    // logits, then z - max
+  A e[kSmallClasses][kBlockRows];    // exp(z - max), then the gradient
+  A t[kSmallClasses][kBlockRows];    // dense targets (unsmoothed)
+  A aux[kSmallClasses][kBlockRows];  // expected costs c_j or focal g_j
+  A m[kBlockRows], sum[kBlockRows], zs_sum[kBlockRows], nonfinite[kBlockRows];
+  A inv_sum[kBlockRows], lse[kBlockRows], t_sum[kBlockRows], t_dot_zs[kBlockRows];
+  A w[kBlockRows], loss[kBlockRows], acc[kBlockRows];
+  int64_t y[kBlockRows];
+  bool ignored[kBlockRows];
+};
+
+template <typename T, typename A>
+CX_INLINE A small_target(const SoftmaxProblem<T, A>& p, const SmallBlock<A>& b, int64_t j,
+                         int64_t r, A inv_c) {
+  const A t = p.dense != nullptr ? b.t[j][r] : select(j == b.y[r], A(1), A(0));
+  return smooth_target(t, p.label_smoothing, inv_c);
+}
+
+template <typename T, typename A>
+void small_c_block(const SoftmaxProblem<T, A>& p, int64_t row0, int64_t rows, SmallBlock<A>& b) {
+  const int64_t c = p.c;
+  const A eps = p.label_smoothing;
+  const A inv_c = A(1) / static_cast<A>(c);
+  const bool dense = p.dense != nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* z = p.logits + (row0 + r) * c;
+    for (int64_t j = 0; j < c; ++j) b.z[j][r] = to_acc(z[j]);
+    if (dense) {
+      const T* t = p.dense + (row0 + r) * c;
+      for (int64_t j = 0; j < c; ++j) b.t[j][r] = to_acc(t[j]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    b.m[r] = -INFINITY;
+    b.nonfinite[r] = 0;
+    b.sum[r] = 0;
+    b.zs_sum[r] = 0;
+    b.t_sum[r] = dense ? A(0) : A(1);
+    b.t_dot_zs[r] = 0;
+  }
+  for (int64_t j = 0; j < c; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < rows; ++r) {
+      const A v = b.z[j][r];
+      b.m[r] = select(v > b.m[r], v, b.m[r]);
+      b.nonfinite[r] += v - v;
+    }
+  }
+  for (int64_t j = 0; j < c; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < rows; ++r) {
+      const A zs = b.z[j][r] - b.m[r];
+      const A v = exp_nonpositive(select(b.nonfinite[r] == A(0), zs, A(0)));
+      b.z[j][r] = zs;
+      b.e[j][r] = v;
+      b.sum[r] += v;
+      b.zs_sum[r] += zs;
+    }
+  }
+  if (dense) {
+    for (int64_t j = 0; j < c; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < rows; ++r) {
+        b.t_sum[r] += b.t[j][r];
+        b.t_dot_zs[r] += b.t[j][r] * b.z[j][r];
+      }
+    }
+  }
+#pragma omp simd
+  for (int64_t r = 0; r < rows; ++r) {
+    b.lse[r] = log_positive(b.sum[r]);
+    b.inv_sum[r] = A(1) / b.sum[r];
+  }
+  if (!dense) {
+    for (int64_t r = 0; r < rows; ++r) b.t_dot_zs[r] = b.z[b.y[r]][r];
+  }
+  // ce = S lse - sum ts zs, with S and sum ts zs from the unsmoothed sums (as softmax_row).
+  for (int64_t r = 0; r < rows; ++r) {
+    const A target_sum = (A(1) - eps) * b.t_sum[r] + eps;
+    b.acc[r] = target_sum;
+    b.loss[r] = shifted_cross_entropy(
+        target_sum, b.lse[r], (A(1) - eps) * b.t_dot_zs[r] + eps * inv_c * b.zs_sum[r]);
+  }
+
+  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
+    // aux[j][r] = c_j = sum_k t_k M[k, j]; E = sum_j c_j p_j.
+    for (int64_t r = 0; r < rows; ++r) {
+      A expected = 0;
+      for (int64_t j = 0; j < c; ++j) {
+        A cost = 0;
+        if (dense) {
+          for (int64_t k = 0; k < c; ++k) cost += b.t[k][r] * p.weights[k * c + j];
+        } else {
+          cost = p.weights[b.y[r] * c + j];
+        }
+        b.aux[j][r] = cost;
+        expected += cost * b.e[j][r];
+      }
+      expected *= b.inv_sum[r];
+      b.w[r] = expected;
+      b.loss[r] = expected + p.ce_weight * b.loss[r];
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      for (int64_t r = 0; r < rows; ++r)
+        b.e[j][r] = expected_cost_grad(b.e[j][r] * b.inv_sum[r], b.aux[j][r], b.w[r],
+                                       p.ce_weight, small_target(p, b, j, r, inv_c), b.acc[r]);
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      A w = 1;
+      if (p.weight_mode == WeightMode::kClass) {
+        if (dense) {
+          w = 0;
+          for (int64_t k = 0; k < c; ++k) w += b.t[k][r] * p.weights[k];
+        } else {
+          w = p.weights[b.y[r]];
+        }
+      } else if (p.weight_mode == WeightMode::kCost) {
+        int64_t jhat = 0;
+        while (b.z[jhat][r] != A(0) && jhat + 1 < c) ++jhat;  // z - max == 0: lowest index
+        if (dense) {
+          w = 0;
+          for (int64_t k = 0; k < c; ++k) w += b.t[k][r] * p.weights[k * c + jhat];
+        } else {
+          w = p.weights[b.y[r] * c + jhat];
+        }
+      }
+      b.w[r] = w;
+    }
+    const A gamma = p.focal_gamma;
+    if (gamma == A(0)) {
+      for (int64_t r = 0; r < rows; ++r) b.loss[r] *= b.w[r];
+      for (int64_t j = 0; j < c; ++j) {
+#pragma omp simd
+        for (int64_t r = 0; r < rows; ++r)
+          b.e[j][r] = plain_grad(b.w[r], b.e[j][r] * b.inv_sum[r],
+                                 small_target(p, b, j, r, inv_c), b.acc[r]);
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        A loss = 0, sum_ts_g = 0;
+        for (int64_t j = 0; j < c; ++j) {
+          const A ts = small_target(p, b, j, r, inv_c);
+          const FocalTerms<A> f = focal_terms(b.z[j][r] - b.lse[r], gamma);
+          b.aux[j][r] = f.g;
+          loss += ts * f.phi;
+          sum_ts_g += ts * f.g;
+        }
+        b.loss[r] = b.w[r] * loss;
+        b.acc[r] = sum_ts_g;
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        for (int64_t r = 0; r < rows; ++r)
+          b.e[j][r] = focal_grad(b.w[r], b.e[j][r] * b.inv_sum[r],
+                                 small_target(p, b, j, r, inv_c), b.aux[j][r], b.acc[r]);
+      }
+    }
+  }
+
+  const A nan = quiet_nan(A(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool finite = b.nonfinite[r] == A(0);
+    const A scale = b.ignored[r] ? A(0) : (finite ? A(1) : nan);
+    p.loss[row0 + r] = b.ignored[r] ? A(0) : (finite ? b.loss[r] : nan);
+    if (p.backprop == nullptr) continue;
+    T* out = p.backprop + (row0 + r) * c;
+    for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(finite ? b.e[j][r] * scale : scale);
+  }
+}
+
+template <typename T, typename A>
+int64_t small_c_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
+  SmallBlock<A> block;
+  for (int64_t row0 = begin; row0 < end; row0 += kBlockRows) {
+    const int64_t rows = (end - row0) < kBlockRows ? (end - row0) : kBlockRows;
+    for (int64_t r = 0; r < rows; ++r) {
+      block.ignored[r] = false;
+      block.y[r] = 0;
+      if (p.dense != nullptr) continue;
+      const int64_t y = label_at(p, row0 + r);
+      if (p.has_ignore_class && y == p.ignore_class) {
+        block.ignored[r] = true;
+      } else if (y < 0 || y >= p.c) {
+        return row0 + r;
+      } else {
+        block.y[r] = y;
+      }
+    }
+    small_c_block(p, row0, rows, block);
+  }
+  return -1;
+}
+
 }  // namespace
 
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
+  if (p.c <= kSmallClasses) return small_c_rows(p, begin, end);
   const int64_t c = p.c;
   const bool sparse = p.dense == nullptr;
   for (int64_t row = begin; row < end; ++row) {

@@ -68,42 +68,56 @@ bool all_finite(const Tensor& t) {
   return true;
 }
 
+// The float64 options input: [label_smoothing, focal_gamma, ce_weight].
+struct LossOptions {
+  double label_smoothing = 0;
+  double focal_gamma = 0;
+  double ce_weight = 0;
+};
+
+inline ::tensorflow::Status read_options(const Tensor& t, LossOptions* options) {
+  if (t.dims() != 1 || t.dim_size(0) != 3)
+    return errors::InvalidArgument(
+        "options must have shape [3] (label_smoothing, focal_gamma, ce_weight), got shape ",
+        t.shape().DebugString());
+  const auto v = t.flat<double>();
+  options->label_smoothing = v(0);
+  options->focal_gamma = v(1);
+  options->ce_weight = v(2);
+  if (!(options->label_smoothing >= 0 && options->label_smoothing <= 1))
+    return errors::InvalidArgument("label_smoothing must be in [0, 1], got ",
+                                   options->label_smoothing);
+  if (!(options->focal_gamma >= 0 && std::isfinite(options->focal_gamma)))
+    return errors::InvalidArgument("focal_gamma must be finite and >= 0, got ",
+                                   options->focal_gamma);
+  if (!std::isfinite(options->ce_weight))
+    return errors::InvalidArgument("ce_weight must be finite, got ", options->ce_weight);
+  return ::tensorflow::OkStatus();
+}
+
 template <typename Device, typename T, typename A>
 class SoftmaxLossOp : public OpKernel {
  public:
   explicit SoftmaxLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     std::string loss_kind, weight_mode;
-    float label_smoothing = 0, focal_gamma = 0, ce_weight = 0;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("loss_kind", &loss_kind));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("weight_mode", &weight_mode));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("label_smoothing", &label_smoothing));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("focal_gamma", &focal_gamma));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ce_weight", &ce_weight));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore_class", &has_ignore_class_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_class", &ignore_class_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_backprop", &compute_backprop_));
-    OP_REQUIRES(ctx, label_smoothing >= 0 && label_smoothing <= 1,
-                errors::InvalidArgument("label_smoothing must be in [0, 1], got ",
-                                        label_smoothing));
-    OP_REQUIRES(ctx, focal_gamma >= 0 && std::isfinite(focal_gamma),
-                errors::InvalidArgument("focal_gamma must be finite and >= 0, got ",
-                                        focal_gamma));
-    OP_REQUIRES(ctx, std::isfinite(ce_weight),
-                errors::InvalidArgument("ce_weight must be finite, got ", ce_weight));
     expected_cost_ = loss_kind == "expected_cost";
     weight_mode_ = expected_cost_            ? WeightMode::kCost
                    : weight_mode == "class" ? WeightMode::kClass
                    : weight_mode == "cost"  ? WeightMode::kCost
                                             : WeightMode::kNone;
-    label_smoothing_ = label_smoothing;
-    focal_gamma_ = focal_gamma;
-    ce_weight_ = ce_weight;
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& logits = ctx->input(0);
     const Tensor& labels = ctx->input(1);
     const Tensor& weights = ctx->input(2);
+    LossOptions options;
+    OP_REQUIRES_OK(ctx, read_options(ctx->input(3), &options));
     OP_REQUIRES(ctx, logits.dims() == 2,
                 errors::InvalidArgument("logits must be 2-D [N, C], got shape ",
                                         logits.shape().DebugString()));
@@ -171,9 +185,9 @@ class SoftmaxLossOp : public OpKernel {
     p.loss_kind = expected_cost_ ? SoftmaxLoss::kExpectedCost : SoftmaxLoss::kCrossEntropy;
     p.weight_mode = weight_mode_;
     p.weights = weight_mode_ == WeightMode::kNone ? nullptr : weights.flat<A>().data();
-    p.label_smoothing = static_cast<A>(label_smoothing_);
-    p.focal_gamma = static_cast<A>(focal_gamma_);
-    p.ce_weight = static_cast<A>(ce_weight_);
+    p.label_smoothing = static_cast<A>(options.label_smoothing);
+    p.focal_gamma = static_cast<A>(options.focal_gamma);
+    p.ce_weight = static_cast<A>(options.ce_weight);
     p.has_ignore_class = has_ignore_class_;
     p.ignore_class = ignore_class_;
     p.loss = loss->flat<A>().data();
@@ -184,9 +198,6 @@ class SoftmaxLossOp : public OpKernel {
  private:
   bool expected_cost_ = false;
   WeightMode weight_mode_ = WeightMode::kNone;
-  float label_smoothing_ = 0;
-  float focal_gamma_ = 0;
-  float ce_weight_ = 0;
   bool has_ignore_class_ = false;
   int64_t ignore_class_ = 0;
   bool compute_backprop_ = true;
@@ -208,15 +219,7 @@ template <typename Device, typename T, typename A>
 class SigmoidLossOp : public OpKernel {
  public:
   explicit SigmoidLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("label_smoothing", &label_smoothing_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("focal_gamma", &focal_gamma_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_backprop", &compute_backprop_));
-    OP_REQUIRES(ctx, label_smoothing_ >= 0 && label_smoothing_ <= 1,
-                errors::InvalidArgument("label_smoothing must be in [0, 1], got ",
-                                        label_smoothing_));
-    OP_REQUIRES(ctx, focal_gamma_ >= 0 && std::isfinite(focal_gamma_),
-                errors::InvalidArgument("focal_gamma must be finite and >= 0, got ",
-                                        focal_gamma_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -224,6 +227,8 @@ class SigmoidLossOp : public OpKernel {
     const Tensor& labels = ctx->input(1);
     const Tensor& pos_weight = ctx->input(2);
     const Tensor& neg_weight = ctx->input(3);
+    LossOptions options;
+    OP_REQUIRES_OK(ctx, read_options(ctx->input(4), &options));
     OP_REQUIRES(ctx, logits.dims() == 2,
                 errors::InvalidArgument("logits must be 2-D [N, C], got shape ",
                                         logits.shape().DebugString()));
@@ -258,16 +263,14 @@ class SigmoidLossOp : public OpKernel {
     p.pos_weight_size = pos_weight.NumElements();
     p.neg_weight = neg_weight.NumElements() > 0 ? neg_weight.flat<A>().data() : nullptr;
     p.neg_weight_size = neg_weight.NumElements();
-    p.label_smoothing = static_cast<A>(label_smoothing_);
-    p.focal_gamma = static_cast<A>(focal_gamma_);
+    p.label_smoothing = static_cast<A>(options.label_smoothing);
+    p.focal_gamma = static_cast<A>(options.focal_gamma);
     p.loss = loss->flat<A>().data();
     p.backprop = compute_backprop_ ? core_ptr(backprop->flat<T>().data()) : nullptr;
     Launch<Device>::sigmoid(ctx, p);
   }
 
  private:
-  float label_smoothing_ = 0;
-  float focal_gamma_ = 0;
   bool compute_backprop_ = true;
 };
 
@@ -301,12 +304,14 @@ class ScaleGradientOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(Name("CostxentSoftmaxLoss")                                 \
                               .Device(DEVICE_NAME)                                    \
                               .TypeConstraint<T>("T")                                 \
-                              .TypeConstraint<A>("A"),                                \
+                              .TypeConstraint<A>("A")                                 \
+                              .HostMemory("options"),                                 \
                           ::costxent::tf_kernels::SoftmaxLossOp<DEVICE, T, A>);       \
   REGISTER_KERNEL_BUILDER(Name("CostxentSigmoidLoss")                                 \
                               .Device(DEVICE_NAME)                                    \
                               .TypeConstraint<T>("T")                                 \
-                              .TypeConstraint<A>("A"),                                \
+                              .TypeConstraint<A>("A")                                 \
+                              .HostMemory("options"),                                 \
                           ::costxent::tf_kernels::SigmoidLossOp<DEVICE, T, A>);       \
   REGISTER_KERNEL_BUILDER(Name("CostxentScaleGradient")                               \
                               .Device(DEVICE_NAME)                                    \

@@ -30,6 +30,7 @@ REGISTER_OP("CostxentSoftmaxLoss")
     .Input("logits: T")
     .Input("labels: Tlabels")
     .Input("weights: A")
+    .Input("options: double")
     .Output("loss: A")
     .Output("backprop: T")
     .Attr("T: {half, bfloat16, float, double}")
@@ -37,9 +38,6 @@ REGISTER_OP("CostxentSoftmaxLoss")
     .Attr("A: {float, double}")
     .Attr("loss_kind: {'cross_entropy', 'expected_cost'} = 'cross_entropy'")
     .Attr("weight_mode: {'none', 'class', 'cost'} = 'none'")
-    .Attr("label_smoothing: float = 0.0")
-    .Attr("focal_gamma: float = 0.0")
-    .Attr("ce_weight: float = 0.0")
     .Attr("has_ignore_class: bool = false")
     .Attr("ignore_class: int = 0")
     .Attr("compute_backprop: bool = true")
@@ -49,6 +47,8 @@ Fused softmax cross-entropy (cost-matrix / class-weighted / focal) or expected c
 d loss / d logits, over rows of [N, C] logits. Labels are sparse ids [N] (int32/int64) or
 dense rows [N, C] of type T. weights: [0] (none), [C] class weights, or [C, C] cost matrix
 M[true, predicted] (always the cost matrix for loss_kind='expected_cost').
+options: [label_smoothing, focal_gamma, ce_weight] in float64 (host memory), so float64
+logits get float64 options (a float attr would round them to float32).
 )doc");
 
 REGISTER_OP("CostxentSigmoidLoss")
@@ -56,17 +56,17 @@ REGISTER_OP("CostxentSigmoidLoss")
     .Input("labels: T")
     .Input("pos_weight: A")
     .Input("neg_weight: A")
+    .Input("options: double")
     .Output("loss: A")
     .Output("backprop: T")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("A: {float, double}")
-    .Attr("label_smoothing: float = 0.0")
-    .Attr("focal_gamma: float = 0.0")
     .Attr("compute_backprop: bool = true")
     .SetShapeFn([](InferenceContext* c) { return LossAndBackpropShapes(c, true); })
     .Doc(R"doc(
 Fused weighted (focal) sigmoid cross-entropy per element of [N, C] logits, and its gradient.
 pos_weight / neg_weight: [0] (all ones), [1] (broadcast) or [C].
+options: [label_smoothing, focal_gamma, ce_weight (unused)] in float64 (host memory).
 )doc");
 
 REGISTER_OP("CostxentScaleGradient")

@@ -67,8 +67,45 @@ def _mask_ignored(losses: Any, y_true: Any, ignore_class: int | None) -> Any:
     return losses
 
 
+class _CostxentLoss(keras.losses.Loss):
+    """Shared plumbing: tensors in, ``_loss`` per example, config from ``_config_keys``."""
+
+    _config_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        from_logits: bool,
+        label_smoothing: float,
+        reduction: str | None,
+        name: str,
+        dtype: Any,
+    ) -> None:
+        """Keras' own arguments, plus the two every costxent loss has."""
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-example loss of shape ``y_pred.shape[:-1]``, before Keras' reduction.
+
+        ``Loss.__call__`` converts only the leaves of nested Python lists, so pack them here.
+        """
+        return self._loss(kops.convert_to_tensor(y_true), kops.convert_to_tensor(y_pred))
+
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON-compatible values (weights as plain lists)."""
+        return {
+            **super().get_config(),
+            **{key: getattr(self, key) for key in self._config_keys},
+            "dtype": self.dtype,
+        }
+
+
 @keras.saving.register_keras_serializable(package="costxent")
-class WeightedCategoricalCrossentropy(keras.losses.Loss):
+class WeightedCategoricalCrossentropy(_CostxentLoss):
     """Class-weighted or cost-matrix-weighted, focal, smoothed categorical cross-entropy.
 
     Per example ``i`` with probabilities ``p_i``, targets ``t_i`` (one-hot of a sparse label,
@@ -113,6 +150,15 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
     10.85
     """
 
+    _config_keys = (
+        "class_weight",
+        "cost_matrix",
+        "from_logits",
+        "label_smoothing",
+        "focal_gamma",
+        "ignore_class",
+    )
+
     def __init__(
         self,
         class_weight: ClassWeight | None = None,
@@ -125,16 +171,13 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         name: str = "weighted_categorical_crossentropy",
         dtype: Any = None,
     ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits, label_smoothing, reduction, name, dtype)
         self.class_weight = _plain_class_weight(class_weight)
         self.cost_matrix = _plain(cost_matrix)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = float(label_smoothing)
         self.focal_gamma = float(focal_gamma)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example loss, shape ``y_pred.shape[:-1]``."""
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
         losses = cx_ops.softmax_cross_entropy(
             y_true,
             _softmax_logits(y_pred, self.from_logits),
@@ -146,22 +189,9 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         )
         return _mask_ignored(losses, y_true, self.ignore_class)
 
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments as JSON-compatible values."""
-        return {
-            **super().get_config(),
-            "class_weight": self.class_weight,
-            "cost_matrix": self.cost_matrix,
-            "from_logits": self.from_logits,
-            "label_smoothing": self.label_smoothing,
-            "focal_gamma": self.focal_gamma,
-            "ignore_class": self.ignore_class,
-            "dtype": self.dtype,
-        }
-
 
 @keras.saving.register_keras_serializable(package="costxent")
-class ExpectedCostLoss(keras.losses.Loss):
+class ExpectedCostLoss(_CostxentLoss):
     """Expected misclassification cost under the predicted distribution, plus optional CE.
 
     With ``c_i = M^T t_i`` (the row ``M[y_i, :]`` for a sparse label) and ``M[true,
@@ -197,6 +227,8 @@ class ExpectedCostLoss(keras.losses.Loss):
     1.55
     """
 
+    _config_keys = ("cost_matrix", "ce_weight", "from_logits", "label_smoothing", "ignore_class")
+
     def __init__(
         self,
         cost_matrix: Sequence[Sequence[float]],
@@ -208,15 +240,12 @@ class ExpectedCostLoss(keras.losses.Loss):
         name: str = "expected_cost",
         dtype: Any = None,
     ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits, label_smoothing, reduction, name, dtype)
         self.cost_matrix = _plain(cost_matrix)
         self.ce_weight = float(ce_weight)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = float(label_smoothing)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example loss, shape ``y_pred.shape[:-1]``."""
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
         losses = cx_ops.expected_cost(
             y_true,
             _softmax_logits(y_pred, self.from_logits),
@@ -227,21 +256,9 @@ class ExpectedCostLoss(keras.losses.Loss):
         )
         return _mask_ignored(losses, y_true, self.ignore_class)
 
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments as JSON-compatible values."""
-        return {
-            **super().get_config(),
-            "cost_matrix": self.cost_matrix,
-            "ce_weight": self.ce_weight,
-            "from_logits": self.from_logits,
-            "label_smoothing": self.label_smoothing,
-            "ignore_class": self.ignore_class,
-            "dtype": self.dtype,
-        }
-
 
 @keras.saving.register_keras_serializable(package="costxent")
-class WeightedBinaryCrossentropy(keras.losses.Loss):
+class WeightedBinaryCrossentropy(_CostxentLoss):
     """Weighted focal binary cross-entropy for binary and multi-label problems.
 
     Per element, with ``s = sigmoid(z)``, smoothed labels ``y <- y (1 - eps) + eps / 2`` and
@@ -277,6 +294,8 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     9.7
     """
 
+    _config_keys = ("pos_weight", "neg_weight", "from_logits", "label_smoothing", "focal_gamma")
+
     def __init__(
         self,
         pos_weight: float | Sequence[float] | None = None,
@@ -288,15 +307,13 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         name: str = "weighted_binary_crossentropy",
         dtype: Any = None,
     ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits, label_smoothing, reduction, name, dtype)
         self.pos_weight = _plain(pos_weight)
         self.neg_weight = _plain(neg_weight)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = float(label_smoothing)
         self.focal_gamma = float(focal_gamma)
 
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        """Loss averaged over the last axis, shape ``y_pred.shape[:-1]``."""
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-element loss averaged over the last axis (as ``keras.losses.BinaryCrossentropy``)."""
         y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         if self.from_logits:
             logits = y_pred
@@ -313,15 +330,3 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
             focal_gamma=self.focal_gamma,
         )
         return kops.mean(losses, axis=-1)
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments as JSON-compatible values."""
-        return {
-            **super().get_config(),
-            "pos_weight": self.pos_weight,
-            "neg_weight": self.neg_weight,
-            "from_logits": self.from_logits,
-            "label_smoothing": self.label_smoothing,
-            "focal_gamma": self.focal_gamma,
-            "dtype": self.dtype,
-        }

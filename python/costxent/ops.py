@@ -78,6 +78,11 @@ def _needs_backprop(logits: tf.Tensor) -> bool:
     return record.could_possibly_record() and record.should_record_backprop([logits])
 
 
+def _options(label_smoothing: float, focal_gamma: float, ce_weight: float = 0.0) -> tf.Tensor:
+    """The ops' float64 options input (a TF float attr would round them to float32)."""
+    return tf.constant([label_smoothing, focal_gamma, ce_weight], tf.float64)
+
+
 def _checks(x: Any, validate: bool):
     return tf.control_dependencies(_args.validation_ops(x) if validate else [])
 
@@ -89,11 +94,9 @@ def _fused_softmax(x: _args.SoftmaxInputs, loss_kind: str, validate: bool) -> tf
             x.logits,
             x.labels,
             weights,
+            _options(x.label_smoothing, x.focal_gamma, x.ce_weight),
             loss_kind=loss_kind,
             weight_mode=x.weight_mode if loss_kind == "cross_entropy" else "cost",
-            label_smoothing=x.label_smoothing,
-            focal_gamma=x.focal_gamma,
-            ce_weight=x.ce_weight,
             has_ignore_class=x.ignore_class is not None,
             ignore_class=x.ignore_class if x.ignore_class is not None else 0,
             compute_backprop=_needs_backprop(x.logits),
@@ -237,8 +240,7 @@ def sigmoid_cross_entropy(
             x.labels,
             x.pos_weight,
             x.neg_weight,
-            label_smoothing=x.label_smoothing,
-            focal_gamma=x.focal_gamma,
+            _options(x.label_smoothing, x.focal_gamma),
             compute_backprop=_needs_backprop(x.logits),
         )
     return x.restore(loss)
@@ -264,12 +266,12 @@ def _register_gradients() -> None:
     @tf.RegisterGradient("CostxentSoftmaxLoss")
     def _softmax_loss_grad(op, grad_loss, _grad_backprop):
         backprop = _backprop_of(op, library.costxent_softmax_loss)
-        return [library.costxent_scale_gradient(backprop, grad_loss), None, None]
+        return [library.costxent_scale_gradient(backprop, grad_loss), None, None, None]
 
     @tf.RegisterGradient("CostxentSigmoidLoss")
     def _sigmoid_loss_grad(op, grad_loss, _grad_backprop):
         backprop = _backprop_of(op, library.costxent_sigmoid_loss)
-        return [library.costxent_scale_gradient(backprop, grad_loss), None, None, None]
+        return [library.costxent_scale_gradient(backprop, grad_loss), None, None, None, None]
 
 
 _register_gradients()

@@ -57,11 +57,15 @@ def _label_in_range(x: _args.SoftmaxInputs, ignored: tf.Tensor) -> tf.Tensor:
 
 
 def _first_argmax(z: tf.Tensor) -> tf.Tensor:
-    """argmax over the last axis, lowest index on ties (tf.argmax does not promise that)."""
+    """argmax over the last axis, lowest index on ties (tf.argmax does not promise that).
+
+    A NaN row has no maximum; index 0 keeps the gather in range (its loss becomes NaN).
+    """
     c = tf.shape(z)[-1]
     is_max = tf.equal(z, tf.reduce_max(z, axis=-1, keepdims=True))
     index = tf.broadcast_to(tf.range(c), tf.shape(z))
-    return tf.reduce_min(tf.where(is_max, index, c), axis=-1)
+    first = tf.reduce_min(tf.where(is_max, index, c), axis=-1)
+    return tf.where(first < c, first, tf.zeros_like(first))
 
 
 def _smoothed(t: tf.Tensor, x: _args.SoftmaxInputs) -> tf.Tensor:
