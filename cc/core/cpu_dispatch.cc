@@ -33,18 +33,25 @@ bool use_avx2() {
 #define COSTXENT_DISPATCH(FN, ...) baseline::FN<T, A>(__VA_ARGS__)
 #endif
 
+// Two scratch rows of c values per thread: exp(z - max) and per-class focal terms or
+// expected costs (softmax), or the per-class pos / neg weights (sigmoid).
+template <typename A>
+A* scratch_rows(int64_t c) {
+  thread_local std::vector<A> scratch;
+  if (scratch.size() < static_cast<size_t>(2 * c)) scratch.resize(2 * c);
+  return scratch.data();
+}
+
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   if (begin >= end) return -1;
-  // Two scratch rows: exp(z - max), and per-class focal terms or expected costs.
-  thread_local std::vector<A> scratch;
-  if (scratch.size() < static_cast<size_t>(2 * p.c)) scratch.resize(2 * p.c);
-  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch.data());
+  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch_rows<A>(p.c));
 }
 
 template <typename T, typename A>
 int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end) {
-  return COSTXENT_DISPATCH(sigmoid_elements, p, begin, end);
+  if (begin >= end) return -1;
+  return COSTXENT_DISPATCH(sigmoid_elements, p, begin, end, scratch_rows<A>(p.c));
 }
 
 template <typename T, typename A>

@@ -16,7 +16,8 @@
   int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,      \
                        A* scratch);                                                    \
   template <typename T, typename A>                                                    \
-  int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end); \
+  int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end,   \
+                           A* scratch);                                                \
   template <typename T, typename A>                                                    \
   void scale_rows(const T* in, const A* scale, T* out, int64_t c, int64_t begin,       \
                   int64_t end);                                                        \

@@ -502,44 +502,58 @@ int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
   return -1;
 }
 
-template <typename T, typename A>
-int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end) {
+// One row segment of the sigmoid loss; the options are template parameters so the loop
+// has no branch left and vectorizes (the focal variant calls scalar libm functions).
+template <bool kBackprop, bool kFocal, typename T, typename A>
+void sigmoid_segment(const SigmoidProblem<T, A>& p, int64_t k, int64_t first_class, int64_t count,
+                     const A* pos, const A* neg) {
   const A eps = p.label_smoothing;
   const A gamma = p.focal_gamma;
+  const T* z = p.logits + k;
+  const T* labels = p.labels + k;
+  A* loss = p.loss + k;
+  T* out = p.backprop + k;
+#pragma omp simd
+  for (int64_t j = 0; j < count; ++j) {
+    const A zj = to_acc(z[j]);
+    const A y = smooth_binary_label(to_acc(labels[j]), eps);
+    const A a = pos[first_class + j];
+    const A b = neg[first_class + j];
+    const SigmoidTerms<A> s =
+        kFocal ? sigmoid_terms(zj, y, a, b, gamma) : sigmoid_terms_plain(zj, y, a, b);
+    loss[j] = s.loss;
+    if (kBackprop) out[j] = from_acc<T>(s.grad);
+  }
+}
+
+template <typename T, typename A>
+int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
   // Validate first so the main loops have no early exit and vectorize.
   for (int64_t k = begin; k < end; ++k) {
     const A y = to_acc(p.labels[k]);
     if (y < A(0) || y > A(1)) return k;
   }
+  // Per-class weights, broadcast from a scalar or defaulted to 1, as unit-stride arrays.
+  A* pos = scratch;
+  A* neg = scratch + p.c;
+  for (int64_t j = 0; j < p.c; ++j) {
+    pos[j] = class_value(p.pos_weight, p.pos_weight_size, j);
+    neg[j] = class_value(p.neg_weight, p.neg_weight_size, j);
+  }
+  const bool backprop = p.backprop != nullptr;
+  const bool focal = p.focal_gamma != A(0);
   // Walk row segments so the class index is the inner loop's counter.
   for (int64_t k = begin; k < end;) {
     const int64_t first_class = k % p.c;
     const int64_t count = (p.c - first_class) < (end - k) ? (p.c - first_class) : (end - k);
-    const T* z = p.logits + k;
-    const T* labels = p.labels + k;
-    A* loss = p.loss + k;
-    T* out = p.backprop != nullptr ? p.backprop + k : nullptr;
-    if (gamma == A(0)) {
-#pragma omp simd
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t cls = first_class + j;
-        const SigmoidTerms<A> s = sigmoid_terms_plain(
-            to_acc(z[j]), smooth_binary_label(to_acc(labels[j]), eps),
-            class_value(p.pos_weight, p.pos_weight_size, cls),
-            class_value(p.neg_weight, p.neg_weight_size, cls));
-        loss[j] = s.loss;
-        if (out != nullptr) out[j] = from_acc<T>(s.grad);
-      }
+    if (backprop && focal) {
+      sigmoid_segment<true, true>(p, k, first_class, count, pos, neg);
+    } else if (backprop) {
+      sigmoid_segment<true, false>(p, k, first_class, count, pos, neg);
+    } else if (focal) {
+      sigmoid_segment<false, true>(p, k, first_class, count, pos, neg);
     } else {
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t cls = first_class + j;
-        const SigmoidTerms<A> s = sigmoid_terms(
-            to_acc(z[j]), smooth_binary_label(to_acc(labels[j]), eps),
-            class_value(p.pos_weight, p.pos_weight_size, cls),
-            class_value(p.neg_weight, p.neg_weight_size, cls), gamma);
-        loss[j] = s.loss;
-        if (out != nullptr) out[j] = from_acc<T>(s.grad);
-      }
+      sigmoid_segment<false, false>(p, k, first_class, count, pos, neg);
     }
     k += count;
   }
@@ -565,7 +579,7 @@ void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t 
 
 #define COSTXENT_INSTANTIATE(T, A)                                                         \
   template int64_t softmax_rows<T, A>(const SoftmaxProblem<T, A>&, int64_t, int64_t, A*); \
-  template int64_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, int64_t, int64_t); \
+  template int64_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, int64_t, int64_t, A*); \
   template void scale_rows<T, A>(const T*, const A*, T*, int64_t, int64_t, int64_t);      \
   template void scale_elements<T, A>(const T*, const A*, T*, int64_t, int64_t);
 COSTXENT_FOR_EACH_TYPE_PAIR(COSTXENT_INSTANTIATE)

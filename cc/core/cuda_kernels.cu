@@ -140,8 +140,8 @@ __device__ __forceinline__ V butterfly(V v, int lanes, unsigned mask, F combine)
 }
 
 // Row groups share an interface: size() threads, this thread's rank() (0 is the leader(),
-// which writes the loss), the group's lanes()
-// within one warp and their mask(), index() / count() to walk rows, reduce(), finish().
+// which writes the loss), the group's lanes() within one warp and their mask(), index() /
+// count() to walk rows, reduce(), finish().
 // reduce's combine must be commutative: a butterfly step on lanes l and l^o computes f(a, b)
 // and f(b, a), and commutativity is what gives both lanes the same bits.
 
@@ -466,7 +466,7 @@ __device__ void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group& g
 
   if (!cross_entropy) {
     const A lam = p.ce_weight;
-    const A* cost_row = p.weights + static_cast<int64_t>(y) * c;
+    const A* cost_row = sparse ? p.weights + static_cast<int64_t>(y) * c : p.weights;
     auto costs = [&](int j0, A(&cost)[V]) {
       if (sparse) {
 #pragma unroll
@@ -576,7 +576,7 @@ __global__ void __launch_bounds__(kFlatBlock) sigmoid_kernel(const SigmoidProble
   constexpr int V = kVec<T>;
   const int64_t total = p.n * p.c;
   each_flat_vector<V>(total, misalignment(p.logits), [&](int64_t j0) {
-    A z[V], y[V], loss[V], grad[V];
+    A z[V], y[V], loss[V] = {}, grad[V] = {};
     load_acc<V>(p.logits, j0, total, z);
     load_acc<V>(p.labels, j0, total, y);
     Position at = position_of(j0, p.c);
@@ -636,17 +636,19 @@ cudaError_t current_device(Device* d) {
   static std::atomic<int> cached_sms[kCached];
   static std::atomic<int> cached_major[kCached];
   const bool cacheable = d->id >= 0 && d->id < kCached;
-  if (cacheable && cached_sms[d->id].load(std::memory_order_relaxed) > 0) {
-    d->sms = cached_sms[d->id].load(std::memory_order_relaxed);
-    d->major = cached_major[d->id].load(std::memory_order_relaxed);
-    return cudaSuccess;
+  if (cacheable) {
+    d->sms = cached_sms[d->id].load(std::memory_order_acquire);  // published last
+    if (d->sms > 0) {
+      d->major = cached_major[d->id].load(std::memory_order_relaxed);
+      return cudaSuccess;
+    }
   }
   status = cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, d->id);
   if (status == cudaSuccess)
     status = cudaDeviceGetAttribute(&d->major, cudaDevAttrComputeCapabilityMajor, d->id);
   if (status == cudaSuccess && cacheable) {
     cached_major[d->id].store(d->major, std::memory_order_relaxed);
-    cached_sms[d->id].store(d->sms, std::memory_order_relaxed);
+    cached_sms[d->id].store(d->sms, std::memory_order_release);
   }
   return status;
 }

@@ -109,11 +109,12 @@ COSTXENT_HD f16 from_acc<f16>(float x) {
 
 template <>
 COSTXENT_HD bf16 from_acc<bf16>(float x) {
+  // Branch-free (an integer select) so conversion loops vectorize.
   const uint32_t u = float_bits(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    return bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-  const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
-  return bf16{static_cast<uint16_t>(rounded >> 16)};
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet = (u >> 16) | 0x40u;
+  const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
+  return bf16{static_cast<uint16_t>(is_nan ? quiet : rounded)};
 }
 
 template <typename T>

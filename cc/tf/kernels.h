@@ -60,6 +60,8 @@ struct Launch {
   static constexpr bool kHostWeights = false;
 };
 
+constexpr int64_t kMaxWeightsScannedPerCall = int64_t{1} << 22;
+
 template <typename A>
 bool all_finite(const Tensor& t) {
   const auto flat = t.flat<A>();
@@ -153,7 +155,11 @@ class SoftmaxLossOp : public OpKernel {
                                           "] (C x C, M[true, predicted]), got shape ",
                                           weights.shape().DebugString()));
     }
-    if (Launch<Device>::kHostWeights && weight_mode_ != WeightMode::kNone) {
+    // The Python layer checks constant weights once, when a loss is traced; this check
+    // catches tensors fed at run time. A cost matrix much larger than the logits (C = 10^4:
+    // 400 MB against a batch's few rows) is not rescanned on every call.
+    if (Launch<Device>::kHostWeights && weight_mode_ != WeightMode::kNone &&
+        weights.NumElements() <= kMaxWeightsScannedPerCall) {
       OP_REQUIRES(ctx, all_finite<A>(weights),
                   errors::InvalidArgument(weight_mode_ == WeightMode::kClass ? "class_weight"
                                                                              : "cost_matrix",
