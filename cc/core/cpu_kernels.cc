@@ -100,21 +100,25 @@ CX_INLINE float log1p_unit(float e) {
 
 CX_INLINE double log1p_unit(double e) { return std::log1p(e); }
 
-// Vectorizable sigmoid terms for gamma = 0 (the common case); row_math.h's sigmoid_terms
-// is the definition, this is the same formula with the polynomial exp / log1p.
-template <typename A>
-CX_INLINE SigmoidTerms<A> sigmoid_terms_plain(A z, A y, A a, A b) {
-  const A e = exp_nonpositive(-std::fabs(z));
-  const A inv = A(1) / (A(1) + e);
-  const bool positive = z >= A(0);
-  const A s = select(positive, inv, e * inv);
-  const A one_minus_s = select(positive, e * inv, inv);
-  const A softplus_pos = select(positive, z, A(0)) + log1p_unit(e);
-  const A softplus_neg = softplus_pos - z;
-  const A nan_unless_finite = z - z;
-  return {a * y * softplus_neg + b * (A(1) - y) * softplus_pos + nan_unless_finite,
-          b * (A(1) - y) * s - a * y * one_minus_s + nan_unless_finite};
-}
+// row_math.h's elementary functions as vectorizable polynomials (float) or libm (double).
+struct FastMath {
+  template <typename A>
+  static CX_INLINE A exp(A x) {
+    return exp_nonpositive(x);
+  }
+  template <typename A>
+  static CX_INLINE A log(A x) {
+    return log_positive(x);
+  }
+  template <typename A>
+  static CX_INLINE A log1p(A x) {
+    return log1p_unit(x);
+  }
+  template <typename A>
+  static CX_INLINE A select(bool c, A a, A b) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  }
+};
 
 template <typename T, typename A>
 CX_INLINE void fill_row(T* out, int64_t c, A value) {
@@ -503,7 +507,7 @@ int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
 }
 
 // One row segment of the sigmoid loss; the options are template parameters so the loop
-// has no branch left and vectorizes (the focal variant calls scalar libm functions).
+// has no branch left and vectorizes.
 template <bool kBackprop, bool kFocal, typename T, typename A>
 void sigmoid_segment(const SigmoidProblem<T, A>& p, int64_t k, int64_t first_class, int64_t count,
                      const A* pos, const A* neg) {
@@ -519,8 +523,7 @@ void sigmoid_segment(const SigmoidProblem<T, A>& p, int64_t k, int64_t first_cla
     const A y = smooth_binary_label(to_acc(labels[j]), eps);
     const A a = pos[first_class + j];
     const A b = neg[first_class + j];
-    const SigmoidTerms<A> s =
-        kFocal ? sigmoid_terms(zj, y, a, b, gamma) : sigmoid_terms_plain(zj, y, a, b);
+    const SigmoidTerms<A> s = sigmoid_terms_with<kFocal, FastMath>(zj, y, a, b, gamma);
     loss[j] = s.loss;
     if (kBackprop) out[j] = from_acc<T>(s.grad);
   }

@@ -79,37 +79,67 @@ COSTXENT_HD A expected_cost_grad(A p, A cost, A expected, A lam, A ts, A target_
   return p * (cost - expected) + lam * (p * target_sum - ts);
 }
 
+// Elementary functions for the formulas below: the C++ library here (and CUDA's device
+// functions); the CPU kernels pass a policy of vectorizable polynomials instead. exp is only
+// called on arguments <= 0 and log1p on [0, 1].
+struct StdMath {
+  template <typename A>
+  static COSTXENT_HD A exp(A x) {
+    return std::exp(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A log(A x) {
+    return std::log(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A log1p(A x) {
+    return std::log1p(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A select(bool c, A a, A b) {
+    return c ? a : b;
+  }
+};
+
 // Sigmoid cross-entropy of one element (DESIGN 2.3), with y already smoothed:
 //   ce   = a y softplus(-z) + b (1 - y) softplus(z)
 //   1-pt = y (1 - s) + (1 - y) s
 //   loss = (1 - pt)^gamma ce
 //   dloss/dz = (1-pt)^gamma dce/dz + gamma (1-pt)^gamma ce * s (1-s) (1-2y) / (1-pt)
 // where dce/dz = b (1 - y) s - a y (1 - s). The last ratio is bounded by 1, so it is
-// taken as 0 where 1 - pt == 0.
+// taken as 0 where 1 - pt == 0. kFocal = false is gamma = 0.
 template <typename A>
 struct SigmoidTerms {
   A loss;
   A grad;
 };
 
-template <typename A>
-COSTXENT_HD SigmoidTerms<A> sigmoid_terms(A z, A y, A a, A b, A gamma) {
-  const A e = exp(-fabs(z));
+template <bool kFocal, typename Math, typename A>
+COSTXENT_HD SigmoidTerms<A> sigmoid_terms_with(A z, A y, A a, A b, A gamma) {
+  const A e = Math::exp(-fabs(z));
   const A inv = A(1) / (A(1) + e);
   const bool positive = z >= A(0);
-  const A s = positive ? inv : e * inv;          // sigmoid(z)
-  const A one_minus_s = positive ? e * inv : inv;  // sigmoid(-z)
-  const A softplus_pos = (positive ? z : A(0)) + log1p(e);  // softplus(z)
-  const A softplus_neg = softplus_pos - z;                  // softplus(-z)
+  const A s = Math::select(positive, inv, e * inv);          // sigmoid(z)
+  const A one_minus_s = Math::select(positive, e * inv, inv);  // sigmoid(-z)
+  const A softplus_pos = Math::select(positive, z, A(0)) + Math::log1p(e);  // softplus(z)
+  const A softplus_neg = softplus_pos - z;                                  // softplus(-z)
   const A ce = a * y * softplus_neg + b * (A(1) - y) * softplus_pos;
   const A dce = b * (A(1) - y) * s - a * y * one_minus_s;
   // z - z is 0, or NaN for an infinite or NaN logit, which must give NaN (DESIGN 2.4).
   const A nan_unless_finite = z - z;
-  if (gamma == A(0)) return {ce + nan_unless_finite, dce + nan_unless_finite};
+  if (!kFocal) return {ce + nan_unless_finite, dce + nan_unless_finite};
   const A miss = y * one_minus_s + (A(1) - y) * s;  // 1 - pt
-  const A mod = exp(gamma * log(miss));
-  const A ratio = miss > A(0) ? s * one_minus_s * (A(1) - A(2) * y) / miss : A(0);
+  const bool hit = miss > A(0);
+  const A safe_miss = Math::select(hit, miss, A(1));
+  const A mod = Math::select(hit, Math::exp(gamma * Math::log(safe_miss)), A(0));
+  const A ratio = Math::select(hit, s * one_minus_s * (A(1) - A(2) * y) / safe_miss, A(0));
   return {mod * ce + nan_unless_finite, mod * dce + gamma * mod * ce * ratio + nan_unless_finite};
+}
+
+template <typename A>
+COSTXENT_HD SigmoidTerms<A> sigmoid_terms(A z, A y, A a, A b, A gamma) {
+  return gamma == A(0) ? sigmoid_terms_with<false, StdMath>(z, y, a, b, gamma)
+                       : sigmoid_terms_with<true, StdMath>(z, y, a, b, gamma);
 }
 
 // Per-class weight lookup for the sigmoid loss: a single value broadcasts.
