@@ -93,8 +93,8 @@ def _scalar(name: str, value: Any, low: float, high: float = math.inf) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not (low <= value <= high) or math.isnan(value):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    if not (low <= value <= high) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
     return value
 
 
@@ -313,9 +313,42 @@ def sigmoid_inputs(
     )
 
 
+# Weights up to this size are checked for finiteness on every traced call (as the CPU
+# kernel does); a larger cost matrix is only checked when it is a constant.
+_MAX_WEIGHTS_CHECKED_PER_CALL = 1 << 22
+
+
+def _assert_in_range(in_range: tf.Tensor, values: tf.Tensor, message: str) -> tf.Operation:
+    """Fails naming the first out-of-range position (flat index) and its value."""
+    flat_ok = tf.reshape(in_range, [-1])
+    first_bad = tf.where(tf.logical_not(flat_ok))[:1, 0]
+    return tf.debugging.Assert(
+        tf.reduce_all(flat_ok),
+        [message, "first offending flat index:", first_bad, "value:",
+         tf.gather(tf.reshape(values, [-1]), first_bad)],
+    )
+
+
+def weight_checks(inputs: Union[SoftmaxInputs, SigmoidInputs]) -> list:
+    """Finiteness checks of the weights, for weights given as tensors at run time."""
+    if isinstance(inputs, SoftmaxInputs):
+        named = []
+        if inputs.weights is not None:
+            named.append(("class_weight" if inputs.weight_mode == "class" else "cost_matrix",
+                          inputs.weights))
+    else:
+        named = [("pos_weight", inputs.pos_weight), ("neg_weight", inputs.neg_weight)]
+    return [
+        tf.debugging.assert_all_finite(w, f"{name} must be finite")
+        for name, w in named
+        if w.shape.num_elements() is not None
+        and w.shape.num_elements() <= _MAX_WEIGHTS_CHECKED_PER_CALL
+    ]
+
+
 def validation_ops(inputs: Union[SoftmaxInputs, SigmoidInputs]) -> list:
     """Runtime checks for ``validate=True``: label ranges and weight finiteness on any device."""
-    checks = []
+    checks = weight_checks(inputs)
     if isinstance(inputs, SoftmaxInputs):
         if inputs.sparse:
             labels = inputs.labels
@@ -323,31 +356,13 @@ def validation_ops(inputs: Union[SoftmaxInputs, SigmoidInputs]) -> list:
             if inputs.ignore_class is not None:
                 in_range = tf.logical_or(in_range, tf.equal(labels, inputs.ignore_class))
             checks.append(
-                tf.debugging.assert_equal(
-                    in_range,
-                    True,
-                    message=f"labels must be class ids in [0, {inputs.num_classes})",
-                    summarize=5,
-                )
-            )
-        if inputs.weights is not None:
-            checks.append(
-                tf.debugging.assert_all_finite(
-                    inputs.weights,
-                    f"{'class_weight' if inputs.weight_mode == 'class' else 'cost_matrix'} "
-                    "must be finite",
+                _assert_in_range(
+                    in_range, labels, f"labels must be class ids in [0, {inputs.num_classes})"
                 )
             )
     else:
         y = tf.cast(inputs.labels, inputs.acc_dtype)
         checks.append(
-            tf.debugging.assert_equal(
-                tf.logical_and(y >= 0, y <= 1),
-                True,
-                message="labels must be in [0, 1]",
-                summarize=5,
-            )
+            _assert_in_range(tf.logical_and(y >= 0, y <= 1), y, "labels must be in [0, 1]")
         )
-        for name, w in (("pos_weight", inputs.pos_weight), ("neg_weight", inputs.neg_weight)):
-            checks.append(tf.debugging.assert_all_finite(w, f"{name} must be finite"))
     return checks

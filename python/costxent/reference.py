@@ -82,7 +82,10 @@ def _finish(
 
 
 def _with_checks(x: Any, validate: bool):
-    return tf.control_dependencies(_args.validation_ops(x) if validate else [])
+    """Weight finiteness always (an error, as in the fused CPU op); label ranges on request."""
+    return tf.control_dependencies(
+        _args.validation_ops(x) if validate else _args.weight_checks(x)
+    )
 
 
 def softmax_cross_entropy(
@@ -116,6 +119,7 @@ def softmax_cross_entropy(
     with _with_checks(x, validate):
         z = tf.cast(x.logits, x.acc_dtype)
         t, ignored = _targets(x)
+        z = tf.where(ignored[:, None], tf.zeros_like(z), z)  # no NaN gradient from ignored rows
         logp = tf.nn.log_softmax(z)
         phi = -logp
         if x.focal_gamma > 0:
@@ -158,6 +162,7 @@ def expected_cost(
     with _with_checks(x, validate):
         z = tf.cast(x.logits, x.acc_dtype)
         t, ignored = _targets(x)
+        z = tf.where(ignored[:, None], tf.zeros_like(z), z)  # no NaN gradient from ignored rows
         logp = tf.nn.log_softmax(z)
         costs = tf.matmul(t, x.weights)
         loss = tf.reduce_sum(costs * tf.exp(logp), axis=-1)
