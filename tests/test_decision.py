@@ -86,9 +86,21 @@ def test_min_expected_cost_in_tf_function() -> None:
         ([[0.5, 0.5]], [[0, 1, 1], [1, 0, 1], [1, 1, 0]], r"must be 2 x 2 .* got shape \(3, 3\)"),
         ([[0.5, 0.5]], [[0, 1]], r"square C x C matrix; got shape \(1, 2\)"),
         ([[1.0]], [[0.0]], r"at least 2 classes; got shape \(1, 1\)"),
-        ([[0.5, 0.5]], [[0, np.nan], [1, 0]], r"cost_matrix must be finite; .*\[\[0, 1\]\]"),
-        ([[0.5, np.nan]], [[0, 1], [1, 0]], r"probs must be finite; rows with NaN or Inf: \[\[0\]\]"),
-        ([[2.0, -1.0]], [[0, 1], [1, 0]], r"apply softmax to logits first\); got values in \[-1, 2\]"),
+        (
+            [[0.5, 0.5]],
+            [[0, np.nan], [1, 0]],
+            r"cost_matrix must be finite, got nan at index \(0, 1\)",
+        ),
+        (
+            [[0.5, np.nan]],
+            [[0, 1], [1, 0]],
+            r"probs must be finite; rows with NaN or Inf: \[\[0\]\]",
+        ),
+        (
+            [[2.0, -1.0]],
+            [[0, 1], [1, 0]],
+            r"apply softmax to logits first\); got values in \[-1, 2\]",
+        ),
     ],
 )
 def test_min_expected_cost_errors(probs, cost, match) -> None:
@@ -117,16 +129,24 @@ def test_binary_threshold_formula_and_kinds() -> None:
 def test_binary_threshold_symbolic() -> None:
     fn = tf.function(lambda fp, fn_: decision.binary_threshold(fp, fn_))
     assert float(fn(tf.constant(17.0), tf.constant(3.0))) == pytest.approx(0.85)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="cost_fn must be greater than cost_tp"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="cost_fn must be greater than cost_tp"
+    ):
         fn(tf.constant(17.0), tf.constant(0.0))
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(cost_fp=0.0, cost_fn=3.0), r"cost_fp must be greater than cost_tn .* cost_fp=0.0, cost_tn=0.0"),
+        (
+            dict(cost_fp=0.0, cost_fn=3.0),
+            r"cost_fp must be greater than cost_tn .* cost_fp=0.0, cost_tn=0.0",
+        ),
         (dict(cost_fp=1.0, cost_fn=3.0, cost_tn=2.0), r"got cost_fp=1.0, cost_tn=2.0"),
-        (dict(cost_fp=1.0, cost_fn=-1.0), r"cost_fn must be greater than cost_tp .* cost_fn=-1.0, cost_tp=0.0"),
+        (
+            dict(cost_fp=1.0, cost_fn=-1.0),
+            r"cost_fn must be greater than cost_tp .* cost_fn=-1.0, cost_tp=0.0",
+        ),
         (dict(cost_fp=1.0, cost_fn=1.0, cost_tp=1.0), r"cost_fn=1.0, cost_tp=1.0"),
         (dict(cost_fp=float("nan"), cost_fn=1.0), r"cost_fp must be finite; got nan"),
         (dict(cost_fp=1.0, cost_fn=float("inf")), r"cost_fn must be finite; got inf"),

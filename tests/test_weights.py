@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,14 +123,12 @@ def test_to_keras_class_weight_errors(w, match) -> None:
 
 def test_to_keras_class_weight_is_what_keras_applies_to_one_hot_labels() -> None:
     """Keras turns ``class_weight`` into per-example weights by argmax of one-hot labels."""
+    # Private, but it is the very function model.fit applies to class_weight.
     from keras.src.trainers.data_adapters.data_adapter_utils import (
         class_weight_to_sample_weights,
     )
 
     y = np.array([0, 2, 1, 2, 2, 0])
     w = weights.balanced(y)
-    sample_weight = class_weight_to_sample_weights(
-        np.eye(3)[y], weights.to_keras_class_weight(w)
-    )
+    sample_weight = class_weight_to_sample_weights(np.eye(3)[y], weights.to_keras_class_weight(w))
     np.testing.assert_allclose(sample_weight, w[y], rtol=1e-6)
-    assert keras.backend.floatx() == sample_weight.dtype

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from costxent._args import _check_finite
+
 __all__ = ["binary_threshold", "min_expected_cost"]
 
 # Softmax outputs in float32 can exceed 1 by a few ulps; anything further out is not a
@@ -44,9 +46,7 @@ def _as_cost_matrix(cost_matrix: Any, num_classes: int | None = None) -> np.ndar
             f"cost_matrix must be {num_classes} x {num_classes} to match the {num_classes} "
             f"classes of the predictions; got shape {m.shape}"
         )
-    if not np.all(np.isfinite(m)):
-        bad = np.argwhere(~np.isfinite(m))[:5].tolist()
-        raise ValueError(f"cost_matrix must be finite; non-finite entries at {bad}")
+    _check_finite("cost_matrix", m)
     return m
 
 
@@ -129,9 +129,7 @@ def _real(name: str, value: Any) -> Any:
     return np.asarray(value, dtype=np.float64)
 
 
-def binary_threshold(
-    cost_fp: Any, cost_fn: Any, cost_tp: Any = 0.0, cost_tn: Any = 0.0
-) -> Any:
+def binary_threshold(cost_fp: Any, cost_fn: Any, cost_tp: Any = 0.0, cost_tn: Any = 0.0) -> Any:
     """The probability threshold that minimises expected cost for a binary decision.
 
     Predict positive when ``p(positive) >= t`` with (Elkan 2001, theorem 1)::

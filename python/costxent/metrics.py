@@ -8,7 +8,8 @@ float before metrics see them.
 Bad rows are never dropped silently: a row with ``sample_weight`` 0 is ignored (that is how
 Keras masks), but any other row whose label is not a class id in ``[0, C)`` (or, dense, not
 finite) or whose prediction is not finite makes the metric NaN. This works the same inside
-XLA-compiled steps, where TF assertions would be skipped.
+XLA-compiled steps, where TF assertions would be skipped. (Fractional sparse labels are
+truncated to integers, as the losses do.)
 """
 
 from __future__ import annotations
@@ -19,27 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from costxent._args import _labels
 from costxent.decision import _as_cost_matrix, _first_argmin
 
 __all__ = ["CostWeightedAccuracy", "MisclassificationCost", "Precision", "Recall"]
 
 _DECISIONS = ("argmax", "min_expected_cost")
-
-
-def _is_sparse(y_true: tf.Tensor, y_pred: tf.Tensor) -> bool:
-    """Whether ``y_true`` holds class ids for ``y_pred [..., C]`` (else one row per example)."""
-    true_shape, pred_shape = y_true.shape, y_pred.shape
-    if true_shape.rank == pred_shape.rank - 1:
-        return True
-    if true_shape.rank == pred_shape.rank and true_shape[-1] is not None:
-        if true_shape[-1] == pred_shape[-1]:
-            return False
-        if true_shape[-1] == 1:
-            return True
-    raise ValueError(
-        f"y_true must have shape y_pred.shape (dense), y_pred.shape[:-1] or "
-        f"y_pred.shape[:-1] + [1] (sparse); got y_true {true_shape} for y_pred {pred_shape}"
-    )
 
 
 def _row_weights(sample_weight: Any, leading_shape: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -114,23 +100,21 @@ class _ConfusionMatrixMetric(keras.metrics.Metric):
                 f"y_pred must have shape [..., {self.num_classes}] to match the "
                 f"{self.num_classes} x {self.num_classes} cost_matrix; got {y_pred.shape}"
             )
-        sparse = _is_sparse(y_true, y_pred)
         c = self.num_classes
+        labels, sparse = _labels(y_true, y_pred, c)
         scores = tf.reshape(tf.cast(y_pred, self.dtype), [-1, c])
         weight = _row_weights(sample_weight, tf.shape(y_pred)[:-1], self.dtype)
 
         if sparse:
-            ids = tf.reshape(tf.cast(y_true, self.dtype), [-1])
-            label_ok = (ids >= 0) & (ids < c) & tf.equal(ids, tf.round(ids))
-            safe_ids = tf.where(label_ok, tf.cast(ids, tf.int32), 0)
-            truth = tf.one_hot(safe_ids, c, dtype=self.dtype)
+            label_ok = (labels >= 0) & (labels < c)
+            truth = tf.one_hot(tf.where(label_ok, labels, 0), c, dtype=self.dtype)
         else:
-            truth = tf.reshape(tf.cast(y_true, self.dtype), [-1, c])
+            truth = tf.cast(labels, self.dtype)
             label_ok = tf.reduce_all(tf.math.is_finite(truth), axis=-1)
         valid = label_ok & tf.reduce_all(tf.math.is_finite(scores), axis=-1)
 
-        # Invalid rows contribute zeros times a NaN weight: NaN everywhere in their column,
-        # unless their weight is 0 (masked), in which case they contribute nothing.
+        # An invalid row gets a NaN weight, which turns the matrix and the result NaN, unless
+        # its weight is 0 (masked): then its zeroed label row adds nothing.
         nan = tf.constant(float("nan"), self.dtype)
         weight = tf.where(valid | tf.equal(weight, 0), weight, nan)
         truth = tf.where(valid[:, None], truth, tf.zeros_like(truth))
@@ -270,11 +254,11 @@ class _FromLogits:
         if self.from_logits:
             y_pred = tf.math.sigmoid(y_pred)
         num_classes = y_pred.shape[-1]
-        if num_classes is not None and num_classes > 1 and _is_sparse(y_true, y_pred):
-            ids = tf.cast(y_true, tf.int32)
-            if y_true.shape.rank == y_pred.shape.rank:
-                ids = tf.squeeze(ids, axis=-1)
-            y_true = tf.one_hot(ids, num_classes, dtype=y_pred.dtype)
+        if num_classes is not None and num_classes > 1:
+            labels, sparse = _labels(y_true, y_pred, num_classes)
+            if sparse:
+                one_hot = tf.one_hot(labels, num_classes, dtype=y_pred.dtype)
+                y_true = tf.reshape(one_hot, tf.shape(y_pred))
         super().update_state(y_true, y_pred, sample_weight=sample_weight)
 
     def get_config(self) -> dict[str, Any]:

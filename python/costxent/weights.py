@@ -160,7 +160,9 @@ def to_keras_class_weight(w: Any) -> dict[int, float]:
     else:
         values = np.asarray(w, dtype=np.float64)
         if values.ndim != 1 or values.size == 0:
-            raise ValueError(f"w must be a non-empty 1-D array of weights; got shape {values.shape}")
+            raise ValueError(
+                f"w must be a non-empty 1-D array of weights; got shape {values.shape}"
+            )
         keys = list(range(values.size))
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
     if bad.size:
