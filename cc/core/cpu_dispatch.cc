@@ -33,12 +33,12 @@ bool use_avx2() {
 #define COSTXENT_DISPATCH(FN, ...) baseline::FN<T, A>(__VA_ARGS__)
 #endif
 
-// Two scratch rows of c values per thread: exp(z - max) and per-class focal terms or
-// expected costs (softmax), or the per-class pos / neg weights (sigmoid).
+// Two scratch rows of `length` values per thread: exp(z - max) and per-class focal terms or
+// expected costs (softmax), or the repeated per-class pos / neg weights (sigmoid).
 template <typename A>
-A* scratch_rows(int64_t c) {
+A* scratch_rows(int64_t length) {
   thread_local std::vector<A> scratch;
-  if (scratch.size() < static_cast<size_t>(2 * c)) scratch.resize(2 * c);
+  if (scratch.size() < static_cast<size_t>(2 * length)) scratch.resize(2 * length);
   return scratch.data();
 }
 
@@ -51,7 +51,8 @@ int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
 template <typename T, typename A>
 int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end) {
   if (begin >= end) return -1;
-  return COSTXENT_DISPATCH(sigmoid_elements, p, begin, end, scratch_rows<A>(p.c));
+  return COSTXENT_DISPATCH(sigmoid_elements, p, begin, end,
+                           scratch_rows<A>(sigmoid_weight_period(p.c)));
 }
 
 template <typename T, typename A>

@@ -27,6 +27,16 @@
   }                                                                                    \
   }
 
+namespace costxent {
+namespace cpu {
+// Length of the sigmoid kernel's repeated per-class weight arrays: whole rows, >= 256.
+constexpr int64_t kSigmoidMinSegment = 256;
+inline int64_t sigmoid_weight_period(int64_t c) {
+  return c * ((kSigmoidMinSegment + c - 1) / c);
+}
+}  // namespace cpu
+}  // namespace costxent
+
 // The storage / accumulation type pairs every kernel is instantiated for.
 #define COSTXENT_FOR_EACH_TYPE_PAIR(X) \
   X(f16, float)                        \

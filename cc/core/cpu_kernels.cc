@@ -536,19 +536,22 @@ int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t e
     const A y = to_acc(p.labels[k]);
     if (y < A(0) || y > A(1)) return k;
   }
-  // Per-class weights, broadcast from a scalar or defaulted to 1, as unit-stride arrays.
+  // Per-class weights (broadcast from a scalar, or 1) repeated over a whole number of rows
+  // at least kSigmoidMinSegment long, so a segment of the loop below spans many short rows.
+  const int64_t period = sigmoid_weight_period(p.c);
   A* pos = scratch;
-  A* neg = scratch + p.c;
-  for (int64_t j = 0; j < p.c; ++j) {
-    pos[j] = class_value(p.pos_weight, p.pos_weight_size, j);
-    neg[j] = class_value(p.neg_weight, p.neg_weight_size, j);
+  A* neg = scratch + period;
+  for (int64_t j = 0; j < period; ++j) {
+    pos[j] = class_value(p.pos_weight, p.pos_weight_size, j % p.c);
+    neg[j] = class_value(p.neg_weight, p.neg_weight_size, j % p.c);
   }
   const bool backprop = p.backprop != nullptr;
   const bool focal = p.focal_gamma != A(0);
-  // Walk row segments so the class index is the inner loop's counter.
+  // Walk segments that start at any class and end at a row boundary (or at end), so the
+  // weights' index is the inner loop's counter.
   for (int64_t k = begin; k < end;) {
     const int64_t first_class = k % p.c;
-    const int64_t count = (p.c - first_class) < (end - k) ? (p.c - first_class) : (end - k);
+    const int64_t count = (period - first_class) < (end - k) ? (period - first_class) : (end - k);
     if (backprop && focal) {
       sigmoid_segment<true, true>(p, k, first_class, count, pos, neg);
     } else if (backprop) {

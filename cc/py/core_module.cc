@@ -185,7 +185,7 @@ class Array {
 
   // The kernels take row-major arrays; views at any offset are fine, other strides not.
   void require_contiguous() const {
-    if (t_.strides == nullptr) return;
+    if (t_.strides == nullptr || size() == 0) return;
     int64_t expected = 1;
     for (int k = t_.ndim - 1; k >= 0; --k) {
       if (t_.shape[k] != 1 && t_.strides[k] != expected) {
@@ -535,6 +535,9 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
     p.focal_gamma = static_cast<A>(focal_gamma);
     p.ce_weight = static_cast<A>(ce_weight);
     if (!ignore_class.is_none()) {
+      if (!py::isinstance<py::int_>(ignore_class))
+        throw py::type_error("ignore_class must be an int or None, got " +
+                             std::string(Py_TYPE(ignore_class.ptr())->tp_name));
       p.has_ignore_class = true;
       p.ignore_class = ignore_class.cast<int64_t>();
     }

@@ -102,7 +102,7 @@ class Case:
     @property
     def rows(self) -> int:
         """N, the number of examples."""
-        return max(1, self.total_elements // self.classes)
+        return self.total_elements // self.classes
 
     @property
     def softmax(self) -> bool:
@@ -283,17 +283,35 @@ def _copy_call(inputs: Inputs, on_gpu: bool) -> Callable[[], None]:
     return lambda: np.copyto(target, source)
 
 
-def interleave(
-    calls: dict[str, Callable[[], None]], repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Milliseconds of each call over ``repeats`` round-robin rounds, after ``warmup`` calls
-    each. Each round starts at the next competitor, so none always runs after the same one."""
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How often each call runs: ``warmup`` untimed calls (tracing and compiling), then timed
+    round-robin rounds, ``repeats`` of them, or fewer (never under ``MIN_ROUNDS``) once the
+    timed rounds of a case have taken ``budget_s`` seconds, so that the slow cases (C = 2,
+    N = 2^23) do not dominate the run."""
+
+    repeats: int
+    warmup: int
+    budget_s: float
+
+    MIN_ROUNDS = 3
+
+
+def interleave(calls: dict[str, Callable[[], None]], schedule: Schedule) -> dict[str, list[float]]:
+    """Milliseconds of each call, every round calling each once. Each round starts at the
+    next competitor, so none always runs after the same one."""
     for call in calls.values():
-        for _ in range(warmup):
+        for _ in range(schedule.warmup):
             call()
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
+    start = time.perf_counter()
+    for round_index in range(schedule.repeats):
+        if (
+            round_index >= Schedule.MIN_ROUNDS
+            and time.perf_counter() - start > schedule.budget_s
+        ):
+            break
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
@@ -302,7 +320,7 @@ def interleave(
     return times
 
 
-def run_case(case: Case, device: str, repeats: int, warmup: int) -> dict[str, Any]:
+def run_case(case: Case, device: str, schedule: Schedule) -> dict[str, Any]:
     """Benchmark one case on ``device`` ("cpu" or "gpu"); raw timings, medians and ratios."""
     on_gpu = device == "gpu"
     with tf.device("/GPU:0" if on_gpu else "/CPU:0"):
@@ -311,7 +329,7 @@ def run_case(case: Case, device: str, repeats: int, warmup: int) -> dict[str, An
         for name, (loss, jit) in competitors(case).items():
             for pass_name, fn in _compile(loss, jit).items():
                 calls[f"{name}/{pass_name}"] = _call(fn, inputs, on_gpu)
-        raw = interleave(calls, repeats, warmup)
+        raw = interleave(calls, schedule)
 
     copy_times = raw.pop("copy")
     copy_ms = statistics.median(copy_times)
@@ -414,7 +432,7 @@ def format_report(report: dict[str, Any]) -> str:
     others = [name for name in COMPETITORS if name != "fused" and any(
         name in result["median_ms"] for result in results
     )]
-    rows = [["case", "N", "pass", "floor ms", "fused ms", "fused/floor"] + [
+    rows = [["case", "N", "runs", "pass", "floor ms", "fused ms", "fused/floor"] + [
         f"{name} ms (x fused)" for name in others
     ]]
     for result in results:
@@ -423,6 +441,7 @@ def format_report(report: dict[str, Any]) -> str:
             row = [
                 result["case"],
                 str(result["rows"]),
+                str(len(result["timings_ms"]["fused"][pass_name])),
                 pass_label,
                 _format_ms(result["floor"]["ms"][pass_name]),
                 _format_ms(fused),
@@ -438,7 +457,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"costxent bench on {report['device']}: {machine['cpu_model']}, "
         f"{machine['cpus_usable']} cores, TensorFlow {machine['tensorflow']}, "
-        f"{machine['implementation']}; medians of {report['settings']['repeats']} runs",
+        f"{machine['implementation']}; medians of the runs counted",
         _text_table(rows),
     ]
     if report["targets"]:
@@ -512,7 +531,7 @@ def _progress(message: str) -> None:
 
 
 def run_device(
-    cases: Sequence[Case], device: str, repeats: int, warmup: int, total_elements: int
+    cases: Sequence[Case], device: str, schedule: Schedule, total_elements: int
 ) -> dict[str, Any]:
     """Benchmark every case on one device; the report written as JSON."""
     start = time.perf_counter()
@@ -523,20 +542,20 @@ def run_device(
     for index, case in enumerate(cases, 1):
         _progress(f"[{device} {index}/{len(cases)}] {case.describe()}, N={case.rows} ...")
         case_start = time.perf_counter()
-        result = {"case": case.describe(), **run_case(case, device, repeats, warmup)}
+        result = {"case": case.describe(), **run_case(case, device, schedule)}
+        result["elapsed_s"] = time.perf_counter() - case_start
         results.append(result)
         _progress(
             f"    fused fwd+bwd {_format_ms(result['median_ms']['fused']['fwd_bwd'])} ms = "
             f"{result['fused_over_floor']['fwd_bwd']:.2f}x floor, reference "
             f"{result['ratio_to_fused']['reference']['fwd_bwd']:.2f}x fused "
-            f"({time.perf_counter() - case_start:.1f} s)"
+            f"({result['elapsed_s']:.1f} s)"
         )
     return {
         "device": device,
         "machine": machine_description(device),
         "settings": {
-            "repeats": repeats,
-            "warmup": warmup,
+            **dataclasses.asdict(schedule),
             "total_elements": total_elements,
             "focal_gamma": FOCAL_GAMMA,
             "ce_weight": CE_WEIGHT,
@@ -571,7 +590,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            f"default grid (mode | dtype | labels | classes), N*C = 2^24 each, about 6-8\n"
+            f"default grid (mode | dtype | labels | classes), N*C = 2^24 each, under 10\n"
             f"minutes on 2 CPU cores:\n{_describe_grid(DEFAULT_GRID)}\n"
             f"--quick grid, N*C = 2^16, 3 repeats, under a minute:\n{_describe_grid(QUICK_GRID)}\n"
             "Any of --modes/--dtypes/--labels/--classes replaces the grid by the cross product of\n"
@@ -608,11 +627,16 @@ def _parser() -> argparse.ArgumentParser:
         help="all (default): the CPU, and the GPU too when TensorFlow sees one",
     )
     parser.add_argument(
-        "--repeats", type=int, help="timed rounds per case (default 7; 3 with --quick)"
+        "--repeats", type=int, help="timed rounds per case, at most (default 7; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--time-budget", type=float, default=12.0, metavar="SECONDS",
+        help=f"stop timing a case after this long once {Schedule.MIN_ROUNDS} rounds have run "
+        "(default 12)",
     )
     parser.add_argument(
         "--warmup", type=int,
-        help="untimed calls per function first, tracing and compiling (default 2; 1 with --quick)",
+        help="untimed calls per function first, tracing and compiling (default 1)",
     )
     parser.add_argument(
         "--out", type=Path,
@@ -658,9 +682,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     cases = _grid(args, parser)
-    repeats = _or_default(args.repeats, 3 if args.quick else 7)
-    warmup = _or_default(args.warmup, 1 if args.quick else 2)
-    if repeats < 1 or warmup < 1:
+    schedule = Schedule(
+        repeats=_or_default(args.repeats, 3 if args.quick else 7),
+        warmup=_or_default(args.warmup, 1),
+        budget_s=args.time_budget,
+    )
+    if schedule.repeats < 1 or schedule.warmup < 1:
         parser.error("--repeats and --warmup must be at least 1 (warm-up traces and compiles)")
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if args.device == "gpu" and not has_gpu:
@@ -675,7 +702,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.setLevel("ERROR")
     try:
         for device in devices[args.device]:
-            report = run_device(cases, device, repeats, warmup, cases[0].total_elements)
+            report = run_device(cases, device, schedule, cases[0].total_elements)
             stem = out_dir / (f"bench-{device}" + ("-quick" if args.quick else ""))
             png = bench_plot.plot(report, stem.with_suffix(".png"))
             report["plot"] = None if png is None else png.name

@@ -1,0 +1,326 @@
+"""costxent._core on the CPU (NumPy arrays through DLPack) against the float64 oracle.
+
+Every loss mode x label kind x dtype, non-finite rows, outputs written in place, views at
+unaligned offsets, backprop aliasing logits, determinism, and the errors raised for bad
+input. The GPU side of the same module is tested in tests/gpu.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import core_cases
+from core_cases import acc_dtype, assert_close, rng_for, softmax_case
+
+try:
+    _core = core_cases.load_core()
+except ImportError as exc:  # built without the extension: nothing to test here
+    pytest.skip(f"costxent._core is not built: {exc}", allow_module_level=True)
+
+NUMPY_DTYPES = ("float16", "float32", "float64")  # NumPy has no bfloat16: see test_bfloat16
+
+
+def numpy_inputs(case: core_cases.SoftmaxCase) -> dict[str, Any]:
+    """Arguments of _core.softmax_loss for a case, as NumPy arrays of the kernel dtypes."""
+    args: dict[str, Any] = dict(case.kwargs)
+    args["logits"] = case.logits.astype(case.dtype)
+    args["labels"] = case.labels if case.sparse else case.labels.astype(case.dtype)
+    if case.weights is not None:
+        args["weights"] = case.weights.astype(acc_dtype(case.dtype))
+    return args
+
+
+def check_case(case: core_cases.SoftmaxCase, loss: np.ndarray, grad: np.ndarray | None) -> None:
+    assert loss.dtype == acc_dtype(case.dtype)
+    assert grad is None or grad.dtype == case.dtype
+    case.check(loss, grad)
+
+
+def offset_view(a: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `a` living `offset` elements into a larger buffer (a misaligned view)."""
+    buf = np.empty(a.size + offset + 1, dtype=a.dtype)
+    view = buf[offset : offset + a.size].reshape(a.shape)
+    view[...] = a
+    return view
+
+
+# ---------------------------------------------------------------------------------------
+# Values against the oracle.
+
+
+@pytest.mark.parametrize("c", [2, 3, 7, 33, 130])
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+@pytest.mark.parametrize("mode, kind", core_cases.MODE_KINDS)
+def test_softmax_matches_oracle(mode: str, kind: str, dtype: str, c: int) -> None:
+    case = softmax_case(mode, kind, dtype, 11, c, rng_for(mode, kind, dtype, c))
+    loss, grad = _core.softmax_loss(**numpy_inputs(case))
+    check_case(case, loss, grad)
+
+
+@pytest.mark.parametrize("kind", core_cases.LABEL_KINDS)
+@pytest.mark.parametrize("mode", ["plain", "cost", "focal", "expected_ce_smooth"])
+def test_nonfinite_rows_are_nan(mode: str, kind: str) -> None:
+    case = softmax_case(mode, kind, "float32", 12, 9, rng_for(mode, kind), nonfinite_rows=True)
+    loss, grad = _core.softmax_loss(**numpy_inputs(case))
+    assert case.nan_rows == [1, 2, 3]
+    assert np.isnan(grad[case.nan_rows]).all()
+    check_case(case, loss, grad)
+
+
+@pytest.mark.parametrize("dtype, scale", [("float32", 1e4), ("float16", 6e4), ("float64", 1e4)])
+def test_extreme_logits_stay_finite(dtype: str, scale: float) -> None:
+    # Five standard deviations of `scale / 5` reach the largest finite float16 values.
+    case = softmax_case("class", "int64", dtype, 9, 17, rng_for(dtype), scale=scale / 5)
+    assert np.isfinite(case.logits).all() and np.abs(case.logits).max() > scale / 4
+    loss, grad = _core.softmax_loss(**numpy_inputs(case))
+    assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    check_case(case, loss, grad)
+
+
+def test_sparse_labels_of_shape_n_1() -> None:
+    case = softmax_case("class", "int32", "float32", 7, 5, rng_for("n1"))
+    inputs = numpy_inputs(case)
+    inputs["labels"] = inputs["labels"][:, None]
+    check_case(case, *_core.softmax_loss(**inputs))
+
+
+@pytest.mark.parametrize("kind", ["int64", "soft"])
+def test_dlpack_capsules_are_accepted(kind: str) -> None:
+    case = softmax_case("class", kind, "float32", 7, 5, rng_for("capsule", kind))
+    inputs = numpy_inputs(case)
+    for name in ("logits", "labels", "weights"):
+        inputs[name] = inputs[name].__dlpack__()
+    check_case(case, *_core.softmax_loss(**inputs))
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs, views and aliasing.
+
+
+def test_outputs_are_written_in_place() -> None:
+    case = softmax_case("focal", "int32", "float32", 9, 6, rng_for("inplace"))
+    loss = np.full(9, np.nan, dtype=np.float32)
+    backprop = np.full((9, 6), np.nan, dtype=np.float32)
+    out = _core.softmax_loss(**numpy_inputs(case), loss=loss, backprop=backprop)
+    assert out[0] is loss and out[1] is backprop
+    check_case(case, loss, backprop)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+def test_unaligned_views(dtype: str, offset: int) -> None:
+    case = softmax_case("cost", "soft", dtype, 13, 37, rng_for("view", dtype, offset))
+    inputs = numpy_inputs(case)
+    for name in ("logits", "labels", "weights"):
+        inputs[name] = offset_view(inputs[name], offset)
+    loss = offset_view(np.full(13, np.nan, dtype=acc_dtype(dtype)), offset + 1)
+    backprop = offset_view(np.full((13, 37), np.nan, dtype=dtype), offset + 2)
+    _core.softmax_loss(**inputs, loss=loss, backprop=backprop)
+    check_case(case, loss, backprop)
+
+
+@pytest.mark.parametrize("mode", ["plain", "cost", "focal_half_smooth_class", "expected_ce_smooth"])
+def test_backprop_may_alias_logits(mode: str) -> None:
+    case = softmax_case(mode, "soft", "float32", 15, 40, rng_for("alias", mode))
+    inputs = numpy_inputs(case)
+    want_loss, want_grad = _core.softmax_loss(**inputs)
+    logits = inputs["logits"].copy()
+    inputs["logits"] = logits
+    loss, grad = _core.softmax_loss(**inputs, backprop=logits)
+    assert grad is logits
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+
+
+def test_loss_only_variant() -> None:
+    case = softmax_case("focal", "int64", "float32", 9, 7, rng_for("loss-only"))
+    full_loss, _ = _core.softmax_loss(**numpy_inputs(case))
+    loss, grad = _core.softmax_loss(**numpy_inputs(case), compute_backprop=False)
+    assert grad is None
+    np.testing.assert_array_equal(loss, full_loss)
+
+
+def test_results_are_bitwise_deterministic() -> None:
+    # Large enough to be split over threads.
+    case = softmax_case("cost", "soft", "float32", 4001, 64, rng_for("determinism"))
+    first = _core.softmax_loss(**numpy_inputs(case))
+    for _ in range(2):
+        again = _core.softmax_loss(**numpy_inputs(case))
+        np.testing.assert_array_equal(again[0], first[0])
+        np.testing.assert_array_equal(again[1], first[1])
+    check_case(case, *first)
+
+
+def test_empty_batch() -> None:
+    loss, grad = _core.softmax_loss(np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
+    assert loss.shape == (0,) and grad.shape == (0, 4)
+    loss, grad = _core.sigmoid_loss(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
+    assert loss.shape == (0, 4) and grad.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors.
+
+
+def test_out_of_range_label_names_row_and_value() -> None:
+    z = np.zeros((6, 4), np.float32)
+    with pytest.raises(ValueError, match=r"labels\[3\] = 4 is outside \[0, 4\)"):
+        _core.softmax_loss(z, np.array([0, 1, 2, 4, 0, 1], np.int32))
+    with pytest.raises(ValueError, match=r"labels\[1\] = -1 .* not ignore_class 2"):
+        _core.softmax_loss(z, np.array([0, -1, 2, 3, 0, 1], np.int64), ignore_class=2)
+
+
+def _base() -> dict[str, Any]:
+    return {"logits": np.zeros((4, 3), np.float32), "labels": np.zeros(4, np.int32)}
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("logits not an array", {"logits": [[1.0, 2.0]]}, TypeError, "logits must be an array supporting DLPack"),
+    ("1-D logits", {"logits": np.zeros(4, np.float32)}, ValueError, r"logits must be 2-D \[N, C\], got shape \(4,\)"),
+    ("C = 1", {"logits": np.zeros((4, 1), np.float32)}, ValueError, r"at least 2 classes .* got shape \(4, 1\)"),
+    ("int logits", {"logits": np.zeros((4, 3), np.int32)}, TypeError, "logits must be float16, bfloat16, float32 or float64, got int32"),
+    ("strided logits", {"logits": np.zeros((4, 6), np.float32)[:, ::2]}, ValueError, r"logits must be C-contiguous .* got element strides \(6, 2\)"),
+    ("transposed logits", {"logits": np.zeros((3, 4), np.float32).T}, ValueError, "logits must be C-contiguous"),
+    ("short labels", {"labels": np.zeros(3, np.int32)}, ValueError, r"sparse labels must have shape \(4,\) or \(4, 1\) .* got \(3,\)"),
+    ("int16 labels", {"labels": np.zeros(4, np.int16)}, TypeError, "labels must be int32 / int64 class ids .* got int16"),
+    ("dense labels of another dtype", {"labels": np.zeros((4, 3), np.float64)}, TypeError, "labels must have dtype float32, got float64"),
+    ("dense labels of another shape", {"labels": np.zeros((4, 2), np.float32)}, ValueError, r"labels must have shape \(4, 3\) .* got \(4, 2\)"),
+    ("bad loss_kind", {"loss_kind": "mse"}, ValueError, "loss_kind must be 'cross_entropy' or 'expected_cost', got 'mse'"),
+    ("bad weight_mode", {"weight_mode": "row"}, ValueError, "weight_mode must be 'none', 'class' or 'cost'"),
+    ("weights without mode", {"weights": np.ones(3, np.float32)}, ValueError, "weights were given but weight_mode is 'none'"),
+    ("class mode without weights", {"weight_mode": "class"}, ValueError, r"needs weights of shape \(3,\)"),
+    ("expected cost without matrix", {"loss_kind": "expected_cost"}, ValueError, r"expected_cost needs weights of shape \(3, 3\)"),
+    ("class weights of wrong length", {"weight_mode": "class", "weights": np.ones(4, np.float32)}, ValueError, r"weights must have shape \(3,\) .* got \(4,\)"),
+    ("cost matrix transposed shape", {"weight_mode": "cost", "weights": np.ones((3, 4), np.float32)}, ValueError, r"weights must have shape \(3, 3\) \(cost matrix"),
+    ("float64 weights for float32 logits", {"weight_mode": "class", "weights": np.ones(3)}, TypeError, "weights must have dtype float32, got float64"),
+    ("non-finite weights", {"weight_mode": "class", "weights": np.array([1, np.inf, 1], np.float32)}, ValueError, "weights must be finite, got inf at flat index 1"),
+    ("smoothing above 1", {"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
+    ("negative gamma", {"focal_gamma": -1.0}, ValueError, "focal_gamma must be finite and >= 0"),
+    ("focal expected cost", {"loss_kind": "expected_cost", "weights": np.ones((3, 3), np.float32), "focal_gamma": 1.0}, ValueError, "focal_gamma applies to loss_kind='cross_entropy' only"),
+    ("ce_weight with cross entropy", {"ce_weight": 0.5}, ValueError, "ce_weight applies to loss_kind='expected_cost' only"),
+    ("float ignore_class", {"ignore_class": 1.0}, TypeError, "ignore_class must be an int or None, got float"),
+    ("ignore_class with dense labels", {"labels": np.zeros((4, 3), np.float32), "ignore_class": 0}, ValueError, "ignore_class applies to sparse"),
+    ("loss of wrong dtype", {"loss": np.zeros(4, np.float64)}, TypeError, "loss must have dtype float32, got float64"),
+    ("loss of wrong shape", {"loss": np.zeros(5, np.float32)}, ValueError, r"loss must have shape \(4,\)"),
+    ("backprop of wrong dtype", {"backprop": np.zeros((4, 3), np.float16)}, TypeError, "backprop must have dtype float32, got float16"),
+    ("backprop without compute", {"backprop": np.zeros((4, 3), np.float32), "compute_backprop": False}, ValueError, "backprop was given but compute_backprop is False"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_softmax_inputs_raise(change: dict[str, Any], error: type[Exception], message: str) -> None:
+    args = {**_base(), **change}
+    with pytest.raises(error, match=message):
+        _core.softmax_loss(**args)
+
+
+def test_read_only_output_is_refused() -> None:
+    loss = np.zeros(4, np.float32)
+    loss.setflags(write=False)
+    with pytest.raises(ValueError, match="loss is read-only"):
+        _core.softmax_loss(**_base(), loss=loss)
+
+
+def test_read_only_inputs_are_fine() -> None:
+    case = softmax_case("class", "int32", "float32", 5, 4, rng_for("readonly"))
+    inputs = numpy_inputs(case)
+    for name in ("logits", "labels", "weights"):
+        inputs[name].setflags(write=False)
+    check_case(case, *_core.softmax_loss(**inputs))
+
+
+# ---------------------------------------------------------------------------------------
+# Sigmoid and gradient scaling.
+
+
+@pytest.mark.parametrize("c", [1, 5, 33])
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+@pytest.mark.parametrize("mode", list(core_cases.SIGMOID_MODES))
+def test_sigmoid_matches_oracle(mode: str, dtype: str, c: int) -> None:
+    case = core_cases.sigmoid_case(mode, dtype, 9, c, rng_for("sigmoid", mode, dtype, c))
+    acc = acc_dtype(dtype)
+    weights = {
+        name: None if w is None else w.astype(acc)
+        for name, w in (("pos_weight", case.pos_weight), ("neg_weight", case.neg_weight))
+    }
+    loss, grad = _core.sigmoid_loss(
+        offset_view(case.logits.astype(dtype), 1), case.labels.astype(dtype), **weights, **case.kwargs
+    )
+    assert_close("loss", loss, case.loss, acc)
+    assert_close("grad", grad, case.grad, dtype)
+
+
+def test_sigmoid_python_number_weights() -> None:
+    case = core_cases.sigmoid_case("focal_smooth", "float64", 6, 4, rng_for("sigmoid-number"))
+    loss, grad = _core.sigmoid_loss(
+        case.logits, case.labels, float(case.pos_weight[0]), 1, **case.kwargs
+    )
+    assert_close("loss", loss, case.loss, "float64")
+    assert_close("grad", grad, case.grad, "float64")
+
+
+def test_sigmoid_label_outside_unit_interval_names_element() -> None:
+    labels = np.zeros((3, 4), np.float32)
+    labels[2, 1] = 1.5
+    with pytest.raises(ValueError, match=r"labels\[2, 1\] = 1.5.* outside \[0, 1\]"):
+        _core.sigmoid_loss(np.zeros((3, 4), np.float32), labels)
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"labels": np.zeros((3, 4), np.float64)}, TypeError, "labels must have dtype float32"),
+        ({"pos_weight": np.ones(3, np.float32)}, ValueError, r"pos_weight must have shape \(\), \(1,\) or \(4,\)"),
+        ({"neg_weight": np.array([np.nan], np.float32)}, ValueError, "neg_weight must be finite"),
+        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must be in"),
+    ],
+)
+def test_bad_sigmoid_inputs_raise(change: dict[str, Any], error: type[Exception], message: str) -> None:
+    args = {"logits": np.zeros((3, 4), np.float32), "labels": np.zeros((3, 4), np.float32), **change}
+    with pytest.raises(error, match=message):
+        _core.sigmoid_loss(**args)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+def test_scale_gradient(dtype: str, per_row: bool) -> None:
+    rng = rng_for("scale", dtype, per_row)
+    grad = core_cases.round_to(rng.normal(size=(7, 5)), dtype).astype(dtype)
+    scale = rng.normal(size=7 if per_row else (7, 5)).astype(acc_dtype(dtype))
+    want = grad.astype(np.float64) * (scale[:, None] if per_row else scale)
+    out = _core.scale_gradient(grad, scale, per_row=per_row)
+    assert_close("scaled", out, want, dtype)
+    in_place = grad.copy()
+    assert _core.scale_gradient(in_place, scale, in_place, per_row=per_row) is in_place
+    np.testing.assert_array_equal(in_place, out)
+
+
+# ---------------------------------------------------------------------------------------
+# bfloat16 (through PyTorch's CPU tensors, where installed) and module facts.
+
+
+@pytest.mark.parametrize("kind", ["int64", "soft"])
+def test_bfloat16(kind: str) -> None:
+    torch = pytest.importorskip("torch")
+    case = softmax_case("focal_half_smooth_class", kind, "bfloat16", 11, 19, rng_for("bf16", kind))
+    logits = torch.tensor(case.logits, dtype=torch.float32).to(torch.bfloat16)
+    labels = (
+        torch.tensor(case.labels)
+        if case.sparse
+        else torch.tensor(case.labels, dtype=torch.float32).to(torch.bfloat16)
+    )
+    backprop = torch.full_like(logits, float("nan"))
+    with pytest.raises(TypeError, match="pass backprop= for bfloat16 logits"):
+        _core.softmax_loss(logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs)
+    loss, _ = _core.softmax_loss(
+        logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs, backprop=backprop
+    )
+    case.check(loss.numpy(), backprop.float().numpy())
+
+
+def test_module_facts() -> None:
+    assert isinstance(_core.has_cuda(), bool)
+    assert _core.cpu_instruction_set() in ("avx2-fma", "baseline")
