@@ -40,17 +40,49 @@ struct FocalTerms {
   A g;
 };
 
+// Elementary functions for the formulas below: the C++ library here (and CUDA's device
+// functions); the CPU kernels pass a policy of vectorizable polynomials instead. exp is only
+// called on arguments <= 0, expm1 on arguments <= 0 and
+// log1p on [0, 1].
+struct StdMath {
+  template <typename A>
+  static COSTXENT_HD A exp(A x) {
+    return std::exp(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A log(A x) {
+    return std::log(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A log1p(A x) {
+    return std::log1p(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A expm1(A x) {
+    return std::expm1(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A select(bool c, A a, A b) {
+    return c ? a : b;
+  }
+};
+
+template <typename Math, typename A>
+COSTXENT_HD FocalTerms<A> focal_terms_with(A logp, A gamma) {
+  const A q = -Math::expm1(logp);
+  // p == 1 (q == 0): both terms vanish for gamma > 0; NaN stays NaN.
+  const bool hit = q > A(0);
+  const A safe_q = Math::select(hit, q, A(1));
+  const A zero = logp * A(0);
+  const A p = Math::exp(logp);
+  const A qg = Math::exp(gamma * Math::log(safe_q));
+  return {Math::select(hit, -qg * logp, zero),
+          Math::select(hit, gamma * p * qg * (logp / safe_q) - qg, zero)};
+}
+
 template <typename A>
 COSTXENT_HD FocalTerms<A> focal_terms(A logp, A gamma) {
-  const A q = -expm1(logp);
-  if (!(q > A(0))) {
-    // p == 1: both terms vanish for gamma > 0; NaN stays NaN.
-    const A zero = logp * A(0);
-    return {zero, zero};
-  }
-  const A p = exp(logp);
-  const A qg = exp(gamma * log(q));
-  return {-qg * logp, gamma * p * qg * (logp / q) - qg};
+  return focal_terms_with<StdMath>(logp, gamma);
 }
 
 // Cross-entropy of a row against smoothed targets: sum_j ts_j (-log p_j)
@@ -78,28 +110,6 @@ template <typename A>
 COSTXENT_HD A expected_cost_grad(A p, A cost, A expected, A lam, A ts, A target_sum) {
   return p * (cost - expected) + lam * (p * target_sum - ts);
 }
-
-// Elementary functions for the formulas below: the C++ library here (and CUDA's device
-// functions); the CPU kernels pass a policy of vectorizable polynomials instead. exp is only
-// called on arguments <= 0 and log1p on [0, 1].
-struct StdMath {
-  template <typename A>
-  static COSTXENT_HD A exp(A x) {
-    return std::exp(x);
-  }
-  template <typename A>
-  static COSTXENT_HD A log(A x) {
-    return std::log(x);
-  }
-  template <typename A>
-  static COSTXENT_HD A log1p(A x) {
-    return std::log1p(x);
-  }
-  template <typename A>
-  static COSTXENT_HD A select(bool c, A a, A b) {
-    return c ? a : b;
-  }
-};
 
 // Sigmoid cross-entropy of one element (DESIGN 2.3), with y already smoothed:
 //   ce   = a y softplus(-z) + b (1 - y) softplus(z)
