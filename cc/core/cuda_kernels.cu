@@ -653,6 +653,16 @@ cudaError_t current_device(Device* d) {
   return status;
 }
 
+// A 1-D thread-block cluster of `clusters` blocks, as a launch attribute.
+cudaLaunchAttribute cluster_attribute(int64_t clusters) {
+  cudaLaunchAttribute cluster = {};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(clusters);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  return cluster;
+}
+
 template <typename Kernel, typename... Args>
 cudaError_t launch(Kernel kernel, int64_t blocks, int threads, int clusters,
                    cudaStream_t stream, Args... args) {
@@ -660,12 +670,8 @@ cudaError_t launch(Kernel kernel, int64_t blocks, int threads, int clusters,
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(static_cast<unsigned>(threads));
   config.stream = stream;
-  cudaLaunchAttribute cluster;
+  cudaLaunchAttribute cluster = cluster_attribute(clusters);
   if (clusters > 1) {
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = static_cast<unsigned>(clusters);
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
     config.attrs = &cluster;
     config.numAttrs = 1;
   }
@@ -705,11 +711,7 @@ int64_t active_clusters(Kernel kernel, int threads, int clusters, const Device& 
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(clusters));
   config.blockDim = dim3(static_cast<unsigned>(threads));
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = static_cast<unsigned>(clusters);
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
+  cudaLaunchAttribute cluster = cluster_attribute(clusters);
   config.attrs = &cluster;
   config.numAttrs = 1;
   int active = 0;
