@@ -13,8 +13,9 @@ MAX_PANELS = 6
 
 
 def _panels(cases: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Softmax groups (mode, dtype, labels) as ms-vs-C panels, float32 sparse first (the
-    DESIGN 6 rows), then one panel for all sigmoid rows."""
+    """Softmax groups (mode, dtype, labels) as ms-vs-C panels: float32 sparse first (the
+    DESIGN 6 rows), then one panel for all sigmoid rows (issue 4), then the other groups
+    while there is room."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
         key = (
@@ -24,13 +25,13 @@ def _panels(cases: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]
         )
         groups.setdefault(key, []).append(case)
 
-    def order(item: tuple[str, list[dict[str, Any]]]) -> tuple[bool, bool, int]:
+    def order(item: tuple[str, list[dict[str, Any]]]) -> tuple[int, int]:
         first = item[1][0]
-        return (
-            first["mode"] == "sigmoid",
-            (first["dtype"], first["labels"]) != ("float32", "sparse"),
-            -len(item[1]),
-        )
+        if first["mode"] == "sigmoid":
+            rank = 1
+        else:
+            rank = 0 if (first["dtype"], first["labels"]) == ("float32", "sparse") else 2
+        return rank, -len(item[1])
 
     return sorted(groups.items(), key=order)[:MAX_PANELS]
 
@@ -61,7 +62,12 @@ def plot(report: dict[str, Any], path: Path) -> Optional[Path]:
             _classes_panel(axis, cases, report["competitors"])
         axis.set_title(title, fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+    # One legend for the figure: the panels share competitors, and per-panel legends hide lines.
+    legend: dict[str, Any] = {}
+    for axis in axes.flat[: len(panels)]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=3, fontsize=8)
     machine = report["machine"]
     figure.suptitle(
         f"costxent forward+backward, N*C = {report['settings']['total_elements']}, "
@@ -69,7 +75,7 @@ def plot(report: dict[str, Any], path: Path) -> Optional[Path]:
         f"TF {machine['tensorflow']}, {machine['date'][:10]}",
         fontsize=10,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.08 if rows == 1 else 0.05, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
