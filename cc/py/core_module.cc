@@ -421,6 +421,46 @@ void run_cuda(const Array& logits, const char* what, const Problem& p, int64_t s
 #endif
 }
 
+// The loss output and, unless compute_backprop is False, the backprop output of a loss
+// function, wired into its problem. The Arrays keep the buffers borrowed during the run.
+struct LossOutputs {
+  std::unique_ptr<Array> loss;
+  std::unique_ptr<Array> backprop;
+  py::object loss_out;
+  py::object backprop_out = py::none();
+};
+
+template <typename T, typename A, typename Problem>
+LossOutputs loss_outputs(Problem& p, const std::vector<int64_t>& loss_shape,
+                         const std::vector<int64_t>& shape, const py::object& loss_obj,
+                         const py::object& backprop_obj, bool compute_backprop,
+                         const Array& logits, int64_t stream) {
+  LossOutputs o;
+  o.loss_out = output<A>("loss", loss_obj, loss_shape, logits, stream, &o.loss);
+  p.loss = o.loss->data<A>();
+  if (compute_backprop) {
+    o.backprop_out = output<T>("backprop", backprop_obj, shape, logits, stream, &o.backprop);
+    p.backprop = o.backprop->data<T>();
+  } else if (!backprop_obj.is_none()) {
+    throw py::value_error("backprop was given but compute_backprop is False");
+  }
+  return o;
+}
+
+// Runs a loss problem on the logits' device. On the CPU, cpu_fn(begin, end) covers
+// [0, total) and the first invalid index is returned; -1 when there is none (or on CUDA,
+// where invalid labels give NaN rows instead).
+template <typename Problem, typename F>
+int64_t run_loss(const Array& logits, const char* what, const Problem& p, int64_t stream,
+                 int64_t total, double cycles_per_unit, F cpu_fn) {
+  if (logits.place() == Place::kCuda) {
+    run_cuda(logits, what, p, stream);
+    return -1;
+  }
+  py::gil_scoped_release release;
+  return run_cpu(total, cycles_per_unit, cpu_fn);
+}
+
 std::vector<int64_t> logits_shape(const Array& logits, int64_t min_classes) {
   if (logits.ndim() != 2)
     throw py::value_error("logits must be 2-D [N, C], got shape " +
@@ -542,35 +582,20 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
       p.ignore_class = ignore_class.cast<int64_t>();
     }
 
-    std::unique_ptr<Array> loss, backprop;
-    py::object loss_out = output<A>("loss", loss_obj, {n}, logits, stream, &loss);
-    p.loss = loss->data<A>();
-    py::object backprop_out = py::none();
-    if (compute_backprop) {
-      backprop_out = output<T>("backprop", backprop_obj, shape, logits, stream, &backprop);
-      p.backprop = backprop->data<T>();
-    } else if (!backprop_obj.is_none()) {
-      throw py::value_error("backprop was given but compute_backprop is False");
-    }
-
-    if (logits.place() == Place::kCuda) {
-      run_cuda(logits, "softmax_loss", p, stream);
-    } else {
-      int64_t bad;
-      {
-        py::gil_scoped_release release;
-        bad = run_cpu(n, cpu::softmax_row_cycles(c, !sparse, focal_gamma != 0),
-                      [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
-      }
-      if (bad >= 0)
-        throw py::value_error("labels[" + std::to_string(bad) + "] = " +
-                              std::to_string(label_at(p, bad)) + " is outside [0, " +
-                              std::to_string(c) + ")" +
-                              (p.has_ignore_class
-                                   ? " and is not ignore_class " + std::to_string(p.ignore_class)
-                                   : std::string()));
-    }
-    return py::make_tuple(loss_out, backprop_out);
+    const LossOutputs out = loss_outputs<T, A>(p, {n}, shape, loss_obj, backprop_obj,
+                                               compute_backprop, logits, stream);
+    const int64_t bad =
+        run_loss(logits, "softmax_loss", p, stream, n,
+                 cpu::softmax_row_cycles(c, !sparse, focal_gamma != 0),
+                 [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
+    if (bad >= 0)
+      throw py::value_error("labels[" + std::to_string(bad) + "] = " +
+                            std::to_string(label_at(p, bad)) + " is outside [0, " +
+                            std::to_string(c) + ")" +
+                            (p.has_ignore_class
+                                 ? " and is not ignore_class " + std::to_string(p.ignore_class)
+                                 : std::string()));
+    return py::make_tuple(out.loss_out, out.backprop_out);
   });
 }
 
@@ -654,32 +679,17 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
     p.label_smoothing = static_cast<A>(label_smoothing);
     p.focal_gamma = static_cast<A>(focal_gamma);
 
-    std::unique_ptr<Array> loss, backprop;
-    py::object loss_out = output<A>("loss", loss_obj, shape, logits, stream, &loss);
-    p.loss = loss->data<A>();
-    py::object backprop_out = py::none();
-    if (compute_backprop) {
-      backprop_out = output<T>("backprop", backprop_obj, shape, logits, stream, &backprop);
-      p.backprop = backprop->data<T>();
-    } else if (!backprop_obj.is_none()) {
-      throw py::value_error("backprop was given but compute_backprop is False");
-    }
-
-    if (logits.place() == Place::kCuda) {
-      run_cuda(logits, "sigmoid_loss", p, stream);
-    } else {
-      int64_t bad;
-      {
-        py::gil_scoped_release release;
-        bad = run_cpu(n * c, cpu::sigmoid_element_cycles(focal_gamma != 0),
-                      [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
-      }
-      if (bad >= 0)
-        throw py::value_error("labels[" + std::to_string(bad / c) + ", " +
-                              std::to_string(bad % c) + "] = " +
-                              std::to_string(to_acc(p.labels[bad])) + " is outside [0, 1]");
-    }
-    return py::make_tuple(loss_out, backprop_out);
+    const LossOutputs out = loss_outputs<T, A>(p, shape, shape, loss_obj, backprop_obj,
+                                               compute_backprop, logits, stream);
+    const int64_t bad =
+        run_loss(logits, "sigmoid_loss", p, stream, n * c,
+                 cpu::sigmoid_element_cycles(focal_gamma != 0),
+                 [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
+    if (bad >= 0)
+      throw py::value_error("labels[" + std::to_string(bad / c) + ", " +
+                            std::to_string(bad % c) + "] = " +
+                            std::to_string(to_acc(p.labels[bad])) + " is outside [0, 1]");
+    return py::make_tuple(out.loss_out, out.backprop_out);
   });
 }
 
