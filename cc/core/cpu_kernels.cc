@@ -141,6 +141,22 @@ struct FastMath {
   }
 };
 
+// Per-example weight w_i from the unsmoothed target (DESIGN 2.1): sum_k t_k a_k for class
+// weights, sum_k t_k M[k, jhat] for a cost matrix, one entry for sparse label y; 1 without
+// weights. target(k) gives t_k of a dense row.
+template <typename T, typename A, typename Target>
+CX_INLINE A example_weight(const SoftmaxProblem<T, A>& p, int64_t y, int64_t jhat,
+                           Target target) {
+  if (p.weight_mode == WeightMode::kNone) return A(1);
+  const bool cost = p.weight_mode == WeightMode::kCost;
+  const int64_t stride = cost ? p.c : 1;
+  const int64_t column = cost ? jhat : 0;
+  if (p.dense == nullptr) return p.weights[y * stride + column];
+  A w = 0;
+  for (int64_t k = 0; k < p.c; ++k) w += target(k) * p.weights[k * stride + column];
+  return w;
+}
+
 template <typename T, typename A>
 CX_INLINE void fill_row(T* out, int64_t c, A value) {
   const T v = from_acc<T>(value);
@@ -238,25 +254,11 @@ CX_INLINE void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, int64_t y
     return;
   }
 
-  // Per-example weight w_i from the unsmoothed target (DESIGN 2.1).
-  A w = 1;
-  if (p.weight_mode == WeightMode::kClass) {
-    if (t == nullptr) {
-      w = p.weights[y];
-    } else {
-      w = 0;
-      for (int64_t k = 0; k < c; ++k) w += to_acc(t[k]) * p.weights[k];
-    }
-  } else if (p.weight_mode == WeightMode::kCost) {
-    int64_t jhat = 0;
+  int64_t jhat = 0;
+  if (p.weight_mode == WeightMode::kCost) {
     while (to_acc(z[jhat]) != m) ++jhat;  // lowest index on ties
-    if (t == nullptr) {
-      w = p.weights[y * c + jhat];
-    } else {
-      w = 0;
-      for (int64_t k = 0; k < c; ++k) w += to_acc(t[k]) * p.weights[k * c + jhat];
-    }
   }
+  const A w = example_weight(p, y, jhat, [&](int64_t k) { return to_acc(t[k]); });
 
   const A gamma = p.focal_gamma;
   if (gamma == A(0)) {
@@ -420,25 +422,11 @@ void small_c_block(const SoftmaxProblem<T, A>& p, int64_t row0, int64_t rows, Sm
     }
   } else {
     for (int64_t r = 0; r < rows; ++r) {
-      A w = 1;
-      if (p.weight_mode == WeightMode::kClass) {
-        if (dense) {
-          w = 0;
-          for (int64_t k = 0; k < c; ++k) w += b.t[k][r] * p.weights[k];
-        } else {
-          w = p.weights[b.y[r]];
-        }
-      } else if (p.weight_mode == WeightMode::kCost) {
-        int64_t jhat = 0;
+      int64_t jhat = 0;
+      if (p.weight_mode == WeightMode::kCost) {
         while (b.z[jhat][r] != A(0) && jhat + 1 < c) ++jhat;  // z - max == 0: lowest index
-        if (dense) {
-          w = 0;
-          for (int64_t k = 0; k < c; ++k) w += b.t[k][r] * p.weights[k * c + jhat];
-        } else {
-          w = p.weights[b.y[r] * c + jhat];
-        }
       }
-      b.w[r] = w;
+      b.w[r] = example_weight(p, b.y[r], jhat, [&](int64_t k) { return b.t[k][r]; });
     }
     const A gamma = p.focal_gamma;
     if (gamma == A(0)) {
