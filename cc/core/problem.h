@@ -8,6 +8,9 @@
 
 namespace costxent {
 
+// Rows per entry of a problem's block_sums: the unit of a deterministic reduction.
+constexpr int64_t kReduceBlockRows = 1024;
+
 enum class WeightMode : int32_t { kNone = 0, kClass = 1, kCost = 2 };
 enum class SoftmaxLoss : int32_t { kCrossEntropy = 0, kExpectedCost = 1 };
 
@@ -31,9 +34,20 @@ struct SoftmaxProblem {
   A ce_weight = 0;    // kExpectedCost only
   bool has_ignore_class = false;
   int64_t ignore_class = 0;
-  // Outputs: loss [n]; backprop [n, c] or nullptr for the loss-only variant.
+  // Scaling of the outputs that the reductions and the chain rule need, applied inside the
+  // row pass so a gradient is written once and rounded once to T:
+  //   backprop row i = row_scale[i] * scale * d loss_i / d z_i   (row_scale nullptr: 1).
+  const A* row_scale = nullptr;
+  A scale = 1;
+  // Outputs, each optional (nullptr: not written):
+  //   loss [n]: the unscaled per-row loss_i (0 for ignored rows);
+  //   backprop [n, c]: the scaled gradient above;
+  //   block_sums [ceil(n / kReduceBlockRows)]: block b gets, in a fixed order, the sum over
+  //     its rows i of row_scale[i] * scale * loss_i. Callers then pass whole blocks
+  //     (begin a multiple of kReduceBlockRows), so the sum never depends on threading.
   A* loss = nullptr;
   T* backprop = nullptr;
+  double* block_sums = nullptr;
 };
 
 // Element-wise sigmoid loss over a row-major [n, c] matrix (DESIGN 2.3).
@@ -50,8 +64,19 @@ struct SigmoidProblem {
   int64_t neg_weight_size = 0;
   A label_smoothing = 0;
   A focal_gamma = 0;
-  A* loss = nullptr;      // [n, c]
-  T* backprop = nullptr;  // [n, c] or nullptr
+  // As in SoftmaxProblem, the gradient of element (i, j) is written as
+  //   element_scale[i * c + j] * row_scale[i] * scale * d loss_ij / d z_ij
+  // (each pointer nullptr: 1): element_scale is an upstream [n, c] gradient, row_scale the
+  // reductions' per-row sample weights.
+  const A* element_scale = nullptr;
+  const A* row_scale = nullptr;
+  A scale = 1;
+  // Outputs, each optional (nullptr: not written): loss [n, c] unscaled; backprop [n, c];
+  // block_sums as in SoftmaxProblem: sum over the block's rows i and all j of
+  // row_scale[i] * scale * loss_ij (element_scale is not applied to it).
+  A* loss = nullptr;
+  T* backprop = nullptr;
+  double* block_sums = nullptr;
 };
 
 template <typename T, typename A>
