@@ -250,7 +250,9 @@ def softmax_case(
     if wk == "class":
         weights = round_to(rng.uniform(0.25, 4.0, size=c), acc)
     elif wk == "matrix":
-        weights = round_to(rng.uniform(-1.0, 5.0, size=(c, c)), acc)
+        # Negative costs are rewards in expected cost and refused in a cross-entropy.
+        low = -1.0 if kwargs.get("loss_kind") == "expected_cost" else 0.0
+        weights = round_to(rng.uniform(low, 5.0, size=(c, c)), acc)
         np.fill_diagonal(weights, 0.0)
 
     good = np.ones(n, dtype=bool)

@@ -23,9 +23,15 @@ except ImportError as exc:  # built without the extension: nothing to test here
 NUMPY_DTYPES = ("float16", "float32", "float64")  # NumPy has no bfloat16: see test_bfloat16
 
 
+def core_kwargs(case: core_cases.SoftmaxCase) -> dict[str, Any]:
+    """The case's options as _core.softmax_loss takes them: the weight mode is not an
+    option but follows from the weights' rank."""
+    return {k: v for k, v in case.kwargs.items() if k != "weight_mode"}
+
+
 def numpy_inputs(case: core_cases.SoftmaxCase) -> dict[str, Any]:
     """Arguments of _core.softmax_loss for a case, as NumPy arrays of the kernel dtypes."""
-    args: dict[str, Any] = dict(case.kwargs)
+    args: dict[str, Any] = core_kwargs(case)
     args["logits"] = case.logits.astype(case.dtype)
     args["labels"] = case.labels if case.sparse else case.labels.astype(case.dtype)
     if case.weights is not None:
@@ -162,15 +168,8 @@ def test_empty_batch() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Errors.
-
-
-def test_out_of_range_label_names_row_and_value() -> None:
-    z = np.zeros((6, 4), np.float32)
-    with pytest.raises(ValueError, match=r"labels\[3\] = 4 is outside \[0, 4\)"):
-        _core.softmax_loss(z, np.array([0, 1, 2, 4, 0, 1], np.int32))
-    with pytest.raises(ValueError, match=r"labels\[1\] = -1 .* not ignore_class 2"):
-        _core.softmax_loss(z, np.array([0, -1, 2, 3, 0, 1], np.int64), ignore_class=2)
+# Errors particular to the module (DLPack, outputs, option strings); the rules shared with
+# the TensorFlow ops are tested rule by rule in test_spec.py.
 
 
 def _base() -> dict[str, Any]:
@@ -179,34 +178,19 @@ def _base() -> dict[str, Any]:
 
 BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("logits not an array", {"logits": [[1.0, 2.0]]}, TypeError, "logits must be an array supporting DLPack"),
-    ("1-D logits", {"logits": np.zeros(4, np.float32)}, ValueError, r"logits must be 2-D \[N, C\], got shape \(4,\)"),
-    ("C = 1", {"logits": np.zeros((4, 1), np.float32)}, ValueError, r"at least 2 classes .* got shape \(4, 1\)"),
-    ("int logits", {"logits": np.zeros((4, 3), np.int32)}, TypeError, "logits must be float16, bfloat16, float32 or float64, got int32"),
-    ("strided logits", {"logits": np.zeros((4, 6), np.float32)[:, ::2]}, ValueError, r"logits must be C-contiguous .* got element strides \(6, 2\)"),
+    ("strided logits", {"logits": np.zeros((4, 6), np.float32)[:, ::2]}, ValueError, r"logits must be C-contiguous .* got element strides \[6, 2\]"),
     ("transposed logits", {"logits": np.zeros((3, 4), np.float32).T}, ValueError, "logits must be C-contiguous"),
-    ("short labels", {"labels": np.zeros(3, np.int32)}, ValueError, r"sparse labels must have shape \(4,\) or \(4, 1\) .* got \(3,\)"),
-    ("int16 labels", {"labels": np.zeros(4, np.int16)}, TypeError, "labels must be int32 / int64 class ids .* got int16"),
-    ("dense labels of another dtype", {"labels": np.zeros((4, 3), np.float64)}, TypeError, "labels must have dtype float32, got float64"),
-    ("dense labels of another shape", {"labels": np.zeros((4, 2), np.float32)}, ValueError, r"labels must have shape \(4, 3\) .* got \(4, 2\)"),
-    ("bad loss_kind", {"loss_kind": "mse"}, ValueError, "loss_kind must be 'cross_entropy' or 'expected_cost', got 'mse'"),
-    ("bad weight_mode", {"weight_mode": "row"}, ValueError, "weight_mode must be 'none', 'class' or 'cost'"),
-    ("weights without mode", {"weights": np.ones(3, np.float32)}, ValueError, "weights were given but weight_mode is 'none'"),
-    ("class mode without weights", {"weight_mode": "class"}, ValueError, r"needs weights of shape \(3,\)"),
-    ("expected cost without matrix", {"loss_kind": "expected_cost"}, ValueError, r"expected_cost needs weights of shape \(3, 3\)"),
-    ("class weights of wrong length", {"weight_mode": "class", "weights": np.ones(4, np.float32)}, ValueError, r"weights must have shape \(3,\) .* got \(4,\)"),
-    ("cost matrix transposed shape", {"weight_mode": "cost", "weights": np.ones((3, 4), np.float32)}, ValueError, r"weights must have shape \(3, 3\) \(cost matrix"),
-    ("float64 weights for float32 logits", {"weight_mode": "class", "weights": np.ones(3)}, TypeError, "weights must have dtype float32, got float64"),
-    ("non-finite weights", {"weight_mode": "class", "weights": np.array([1, np.inf, 1], np.float32)}, ValueError, "weights must be finite, got inf at flat index 1"),
-    ("smoothing above 1", {"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
-    ("negative gamma", {"focal_gamma": -1.0}, ValueError, "focal_gamma must be finite and >= 0"),
-    ("focal expected cost", {"loss_kind": "expected_cost", "weights": np.ones((3, 3), np.float32), "focal_gamma": 1.0}, ValueError, "focal_gamma applies to loss_kind='cross_entropy' only"),
-    ("ce_weight with cross entropy", {"ce_weight": 0.5}, ValueError, "ce_weight applies to loss_kind='expected_cost' only"),
-    ("float ignore_class", {"ignore_class": 1.0}, TypeError, "ignore_class must be an int or None, got float"),
-    ("ignore_class with dense labels", {"labels": np.zeros((4, 3), np.float32), "ignore_class": 0}, ValueError, "ignore_class applies to sparse"),
-    ("loss of wrong dtype", {"loss": np.zeros(4, np.float64)}, TypeError, "loss must have dtype float32, got float64"),
-    ("loss of wrong shape", {"loss": np.zeros(5, np.float32)}, ValueError, r"loss must have shape \(4,\)"),
-    ("backprop of wrong dtype", {"backprop": np.zeros((4, 3), np.float16)}, TypeError, "backprop must have dtype float32, got float16"),
+    ("strided labels", {"labels": np.zeros(8, np.int32)[::2]}, ValueError, "labels must be C-contiguous"),
+    ("bad loss_kind", {"loss_kind": "mse"}, ValueError, "loss_kind must be one of 'cross_entropy', 'expected_cost', got 'mse'"),
+    ("bad reduction", {"reduction": "mean_over_classes"}, ValueError, "reduction must be one of 'none', 'sum', 'sum_over_batch_size', 'mean_with_sample_weight', got 'mean_over_classes'"),
+    ("weight_mode is gone", {"weight_mode": "class"}, TypeError, "incompatible function arguments"),
+    ("non-finite scale", {"scale": float("inf")}, ValueError, "scale must be a finite number, got inf"),
+    ("loss of wrong dtype", {"loss": np.zeros(4, np.float64)}, TypeError, "loss must have dtype float32, got dtype float64"),
+    ("loss of wrong shape", {"loss": np.zeros(5, np.float32)}, ValueError, r"loss must have shape \[4\], got shape \[5\]"),
+    ("backprop of wrong dtype", {"backprop": np.zeros((4, 3), np.float16)}, TypeError, "backprop must have dtype float32, got dtype float16"),
+    ("backprop of wrong shape", {"backprop": np.zeros((3, 4), np.float32)}, ValueError, r"backprop must have shape \[4, 3\], got shape \[3, 4\]"),
     ("backprop without compute", {"backprop": np.zeros((4, 3), np.float32), "compute_backprop": False}, ValueError, "backprop was given but compute_backprop is False"),
+    ("loss of a reduced call", {"reduction": "sum", "loss": np.zeros(4, np.float32)}, ValueError, "loss= is the per-example output; a reduced call"),
 ]
 
 
@@ -262,28 +246,6 @@ def test_sigmoid_python_number_weights() -> None:
     assert_close("grad", grad, case.grad, "float64")
 
 
-def test_sigmoid_label_outside_unit_interval_names_element() -> None:
-    labels = np.zeros((3, 4), np.float32)
-    labels[2, 1] = 1.5
-    with pytest.raises(ValueError, match=r"labels\[2, 1\] = 1.5.* outside \[0, 1\]"):
-        _core.sigmoid_loss(np.zeros((3, 4), np.float32), labels)
-
-
-@pytest.mark.parametrize(
-    "change, error, message",
-    [
-        ({"labels": np.zeros((3, 4), np.float64)}, TypeError, "labels must have dtype float32"),
-        ({"pos_weight": np.ones(3, np.float32)}, ValueError, r"pos_weight must have shape \(\), \(1,\) or \(4,\)"),
-        ({"neg_weight": np.array([np.nan], np.float32)}, ValueError, "neg_weight must be finite"),
-        ({"label_smoothing": -0.1}, ValueError, "label_smoothing must be in"),
-    ],
-)
-def test_bad_sigmoid_inputs_raise(change: dict[str, Any], error: type[Exception], message: str) -> None:
-    args = {"logits": np.zeros((3, 4), np.float32), "labels": np.zeros((3, 4), np.float32), **change}
-    with pytest.raises(error, match=message):
-        _core.sigmoid_loss(**args)
-
-
 @pytest.mark.parametrize("per_row", [True, False])
 @pytest.mark.parametrize("dtype", NUMPY_DTYPES)
 def test_scale_gradient(dtype: str, per_row: bool) -> None:
@@ -296,6 +258,55 @@ def test_scale_gradient(dtype: str, per_row: bool) -> None:
     in_place = grad.copy()
     assert _core.scale_gradient(in_place, scale, in_place, per_row=per_row) is in_place
     np.testing.assert_array_equal(in_place, out)
+
+
+# ---------------------------------------------------------------------------------------
+# Logits of any rank: leading dimensions are rows.
+
+
+def test_leading_dimensions_are_rows() -> None:
+    case = softmax_case("cost", "int64", "float32", 12, 5, rng_for("rank3"))
+    inputs = numpy_inputs(case)
+    logits = inputs["logits"].reshape(3, 4, 5)
+    for labels in (case.labels.reshape(3, 4), case.labels.reshape(3, 4, 1)):
+        loss, grad = _core.softmax_loss(logits, labels, inputs["weights"])
+        assert loss.shape == (3, 4) and grad.shape == (3, 4, 5)
+        check_case(case, loss.reshape(12), grad.reshape(12, 5))
+
+
+def test_rank_1_logits_are_one_row() -> None:
+    case = softmax_case("focal", "int32", "float64", 1, 6, rng_for("rank1"))
+    loss, grad = _core.softmax_loss(case.logits[0], np.array(case.labels[0]), **core_kwargs(case))
+    assert loss.shape == () and grad.shape == (6,)
+    check_case(case, loss.reshape(1), grad.reshape(1, 6))
+
+
+def test_sigmoid_leading_dimensions() -> None:
+    case = core_cases.sigmoid_case("weighted", "float32", 6, 4, rng_for("sigmoid-rank3"))
+    loss, grad = _core.sigmoid_loss(
+        case.logits.astype("float32").reshape(2, 3, 4), case.labels.astype("float32").reshape(2, 3, 4),
+        case.pos_weight.astype("float32"), case.neg_weight.astype("float32"),
+    )
+    assert loss.shape == grad.shape == (2, 3, 4)
+    assert_close("loss", loss.reshape(6, 4), case.loss, "float32")
+    assert_close("grad", grad.reshape(6, 4), case.grad, "float32")
+
+
+# ---------------------------------------------------------------------------------------
+# Negative weights: refused where they multiply a cross-entropy, rewards in expected cost.
+
+
+def test_negative_costs_are_rewards_in_expected_cost() -> None:
+    case = softmax_case("expected", "int32", "float64", 9, 4, rng_for("rewards"))
+    assert (case.weights < 0).any()
+    check_case(case, *_core.softmax_loss(**numpy_inputs(case)))
+
+
+@pytest.mark.parametrize("weights", [np.array([1, -1, 1], np.float32), -np.ones((3, 3), np.float32)], ids=["class_weight", "cost_matrix"])
+def test_negative_weights_are_refused_in_cross_entropy(weights: np.ndarray) -> None:
+    name = "class_weight" if weights.ndim == 1 else "cost_matrix"
+    with pytest.raises(ValueError, match=f"^{name} must be >= 0"):
+        _core.softmax_loss(**_base(), weights=weights)
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,9 +325,9 @@ def test_bfloat16(kind: str) -> None:
     )
     backprop = torch.full_like(logits, float("nan"))
     with pytest.raises(TypeError, match="pass backprop= for bfloat16 logits"):
-        _core.softmax_loss(logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs)
+        _core.softmax_loss(logits, labels, torch.tensor(case.weights, dtype=torch.float32), **core_kwargs(case))
     loss, _ = _core.softmax_loss(
-        logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs, backprop=backprop
+        logits, labels, torch.tensor(case.weights, dtype=torch.float32), **core_kwargs(case), backprop=backprop
     )
     case.check(loss.numpy(), backprop.float().numpy())
 

@@ -1,7 +1,9 @@
 // costxent._core: the core kernels over DLPack arrays, with no TensorFlow. NumPy (or any
 // CPU DLPack producer) runs the CPU kernels; CuPy / PyTorch / JAX arrays on a CUDA device
 // run the CUDA kernels on the caller's stream. It is what tests and benchmarks use where
-// TensorFlow is missing, so it validates everything and raises instead of crashing.
+// TensorFlow is missing, so it raises instead of crashing: the arguments go through the
+// same validation as the TensorFlow ops (cc/core/spec.h), and only what is particular to
+// DLPack (devices, strides, writable outputs) is checked here.
 //
 // Arrays are borrowed for the duration of a call: the DLPack capsule (which keeps the
 // producer's memory alive) is held, never consumed, and its own destructor releases it.
@@ -11,14 +13,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cc/core/cpu.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
+#include "cc/core/spec.h"
 
 #if COSTXENT_WITH_CUDA
 #include "cc/core/cuda.h"
@@ -78,13 +83,14 @@ constexpr uint64_t kDLReadOnly = 1;
 
 enum class Place { kCpu, kCuda };
 
+// [2, 3, 5], as the core's messages print shapes.
 std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "(";
+  std::string s = "[";
   for (size_t k = 0; k < shape.size(); ++k) {
+    if (k > 0) s += ", ";
     s += std::to_string(shape[k]);
-    if (shape.size() == 1 || k + 1 < shape.size()) s += k + 1 < shape.size() ? ", " : ",";
   }
-  return s + ")";
+  return s + "]";
 }
 
 std::string dtype_string(const DLDataType& d) {
@@ -172,15 +178,16 @@ class Array {
 
   void require_shape(const std::vector<int64_t>& expected, const std::string& what) const {
     if (shape() != expected)
-      throw py::value_error(name_ + " must have shape " + shape_string(expected) + " " + what +
-                            ", got " + shape_string(shape()));
+      throw py::value_error(name_ + " must have shape " + shape_string(expected) +
+                            (what.empty() ? "" : " " + what) + ", got shape " +
+                            shape_string(shape()));
   }
 
   void require_dtype(const DLDataType& expected) const {
     if (t_.dtype.code != expected.code || t_.dtype.bits != expected.bits ||
         t_.dtype.lanes != expected.lanes)
-      throw py::type_error(name_ + " must have dtype " + dtype_string(expected) + ", got " +
-                           dtype_string(t_.dtype));
+      throw py::type_error(name_ + " must have dtype " + dtype_string(expected) +
+                           ", got dtype " + dtype_string(t_.dtype));
   }
 
   // The kernels take row-major arrays; views at any offset are fine, other strides not.
@@ -255,6 +262,85 @@ std::unique_ptr<Array> maybe_array(const char* name, const py::object& obj, int6
 }
 
 // ---------------------------------------------------------------------------------------
+// The core spec: arrays described, the one validation run, its verdict raised.
+
+DType core_dtype(const DLDataType& d) {
+  if (d.lanes != 1) return DType::kOther;
+  if (d.code == kDLFloat && d.bits == 16) return DType::kFloat16;
+  if (d.code == kDLBfloat && d.bits == 16) return DType::kBFloat16;
+  if (d.code == kDLFloat && d.bits == 32) return DType::kFloat32;
+  if (d.code == kDLFloat && d.bits == 64) return DType::kFloat64;
+  if (d.code == kDLInt && d.bits == 32) return DType::kInt32;
+  if (d.code == kDLInt && d.bits == 64) return DType::kInt64;
+  return DType::kOther;
+}
+
+ArgInfo arg_info(const Array* a) {
+  ArgInfo info;
+  if (a == nullptr) return info;
+  info.present = true;
+  info.dtype = core_dtype(a->dtype());
+  info.shape = a->shape();
+  return info;
+}
+
+void raise_if_error(const Status& s) {
+  if (s.kind == ErrorKind::kType) throw py::type_error(s.message);
+  if (s.kind == ErrorKind::kValue) throw py::value_error(s.message);
+}
+
+// The module's one mapping from option strings to the core's enums.
+template <typename E>
+E parse_choice(const char* name, const std::string& value,
+               std::initializer_list<std::pair<const char*, E>> choices) {
+  std::string names;
+  for (const auto& choice : choices) {
+    if (value == choice.first) return choice.second;
+    names += std::string(names.empty() ? "'" : ", '") + choice.first + "'";
+  }
+  throw py::value_error(std::string(name) + " must be one of " + names + ", got '" + value + "'");
+}
+
+SoftmaxLoss parse_loss_kind(const std::string& value) {
+  return parse_choice<SoftmaxLoss>("loss_kind", value,
+                                   {{"cross_entropy", SoftmaxLoss::kCrossEntropy},
+                                    {"expected_cost", SoftmaxLoss::kExpectedCost}});
+}
+
+Reduction parse_reduction(const std::string& value) {
+  return parse_choice<Reduction>("reduction", value,
+                                 {{"none", Reduction::kNone},
+                                  {"sum", Reduction::kSum},
+                                  {"sum_over_batch_size", Reduction::kSumOverBatchSize},
+                                  {"mean_with_sample_weight", Reduction::kMeanWithSampleWeight}});
+}
+
+// Inputs the kernels read: on the logits' device and row-major (views at any offset are fine).
+void require_input(const Array* a, const Array& logits) {
+  if (a == nullptr) return;
+  a->require_same_device(logits);
+  a->require_contiguous();
+}
+
+void require_finite_scale(double scale) {
+  if (!std::isfinite(scale))
+    throw py::value_error("scale must be a finite number, got " + std::to_string(scale));
+}
+
+// The CUDA kernels do not apply row_scale / element_scale / scale nor write block sums yet,
+// so a CUDA call asking for them is refused rather than silently unscaled.
+void require_cuda_plain(const Array& logits, bool scaled, bool reduced) {
+  if (logits.place() != Place::kCuda) return;
+  if (reduced)
+    throw py::value_error("reduction= other than 'none' is not supported for arrays on a "
+                          "CUDA device yet (the CUDA kernels write no block sums); logits are "
+                          "on " + logits.device_string());
+  if (scaled)
+    throw py::value_error("row_scale, element_scale and scale are not supported for arrays on "
+                          "a CUDA device yet; logits are on " + logits.device_string());
+}
+
+// ---------------------------------------------------------------------------------------
 // Storage types.
 
 template <typename T>
@@ -277,7 +363,7 @@ auto with_float_type(const Array& a, F f) {
   if (a.is(kDLBfloat, 16)) return f(Tag<bf16>{});
   if (a.is(kDLFloat, 32)) return f(Tag<float>{});
   if (a.is(kDLFloat, 64)) return f(Tag<double>{});
-  throw py::type_error(a.name() + " must be float16, bfloat16, float32 or float64, got " +
+  throw py::type_error(a.name() + " must be float16, bfloat16, float32 or float64, got dtype " +
                        dtype_string(a.dtype()));
 }
 
@@ -318,38 +404,27 @@ py::object output(const char* name, const py::object& given, const std::vector<i
   return obj;
 }
 
-template <typename A>
-void require_finite(const Array& a) {
-  if (a.place() != Place::kCpu) return;  // device memory: the Python layer checks
-  const A* v = a.data<A>();
-  for (int64_t k = 0; k < a.size(); ++k)
-    if (!std::isfinite(v[k]))
-      throw py::value_error(a.name() + " must be finite, got " + std::to_string(v[k]) +
-                            " at flat index " + std::to_string(k));
-}
-
-void require_option(bool ok, const std::string& message) {
-  if (!ok) throw py::value_error(message);
-}
-
 // ---------------------------------------------------------------------------------------
 // Running a problem.
 
-// Rows [0, n) split over a few threads; fn(begin, end) returns -1 or the first bad index
-// of its range, and the first bad index overall is returned. Each row's result depends on
-// that row only, so the split does not change any bit.
+// Units [0, total) split over a few threads at multiples of `grain` units (whole reduction
+// blocks when the problem writes block sums); fn(begin, end) returns -1 or the first bad
+// index of its range, and the first bad index overall is returned. Each unit's result
+// depends on that unit only, so the split does not change any bit.
 template <typename F>
-int64_t run_cpu(int64_t n, double cycles_per_row, F fn) {
-  const double total = cycles_per_row * static_cast<double>(n);
+int64_t run_cpu(int64_t total, double cycles_per_unit, int64_t grain, F fn) {
+  const int64_t chunks = (total + grain - 1) / grain;
+  const double cycles = cycles_per_unit * static_cast<double>(total);
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   const int64_t threads = std::min<int64_t>(
-      {static_cast<int64_t>(std::min(hw, 8u)), std::max<int64_t>(1, n),
-       std::max<int64_t>(1, static_cast<int64_t>(total / 2e6))});
+      {static_cast<int64_t>(std::min(hw, 8u)), std::max<int64_t>(1, chunks),
+       std::max<int64_t>(1, static_cast<int64_t>(cycles / 2e6))});
+  const auto bound = [&](int64_t t) { return std::min(total, chunks * t / threads * grain); };
   std::vector<int64_t> bad(threads, -1);
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < threads; ++t)
-    pool.emplace_back([&, t] { bad[t] = fn(n * t / threads, n * (t + 1) / threads); });
-  bad[0] = fn(0, n / threads);
+    pool.emplace_back([&, t] { bad[t] = fn(bound(t), bound(t + 1)); });
+  bad[0] = fn(0, bound(1));
   for (auto& th : pool) th.join();
   for (int64_t b : bad)
     if (b >= 0) return b;
@@ -421,23 +496,40 @@ void run_cuda(const Array& logits, const char* what, const Problem& p, int64_t s
 #endif
 }
 
-// The loss output and, unless compute_backprop is False, the backprop output of a loss
-// function, wired into its problem. The Arrays keep the buffers borrowed during the run.
+// The outputs of a loss call, wired into its problem; the Arrays keep the buffers borrowed
+// during the run. A per-example call writes loss (shape loss_shape); a reduced one writes
+// block sums instead and returns their sum.
 struct LossOutputs {
   std::unique_ptr<Array> loss;
   std::unique_ptr<Array> backprop;
-  py::object loss_out;
+  py::object loss_out = py::none();
   py::object backprop_out = py::none();
+  std::vector<double> block_sums;
+
+  py::tuple result(bool reduced) const {
+    if (!reduced) return py::make_tuple(loss_out, backprop_out);
+    double total = 0;
+    for (double b : block_sums) total += b;  // in block order: the sum never depends on threads
+    return py::make_tuple(total, backprop_out);
+  }
 };
 
 template <typename T, typename A, typename Problem>
-LossOutputs loss_outputs(Problem& p, const std::vector<int64_t>& loss_shape,
+LossOutputs loss_outputs(Problem& p, bool reduced, const std::vector<int64_t>& loss_shape,
                          const std::vector<int64_t>& shape, const py::object& loss_obj,
                          const py::object& backprop_obj, bool compute_backprop,
                          const Array& logits, int64_t stream) {
   LossOutputs o;
-  o.loss_out = output<A>("loss", loss_obj, loss_shape, logits, stream, &o.loss);
-  p.loss = o.loss->data<A>();
+  if (reduced) {
+    if (!loss_obj.is_none())
+      throw py::value_error("loss= is the per-example output; a reduced call (reduction= other "
+                            "than 'none') returns its scalar loss instead");
+    o.block_sums.assign((p.n + kReduceBlockRows - 1) / kReduceBlockRows, 0.0);
+    p.block_sums = o.block_sums.data();
+  } else {
+    o.loss_out = output<A>("loss", loss_obj, loss_shape, logits, stream, &o.loss);
+    p.loss = o.loss->data<A>();
+  }
   if (compute_backprop) {
     o.backprop_out = output<T>("backprop", backprop_obj, shape, logits, stream, &o.backprop);
     p.backprop = o.backprop->data<T>();
@@ -448,154 +540,128 @@ LossOutputs loss_outputs(Problem& p, const std::vector<int64_t>& loss_shape,
 }
 
 // Runs a loss problem on the logits' device. On the CPU, cpu_fn(begin, end) covers
-// [0, total) and the first invalid index is returned; -1 when there is none (or on CUDA,
-// where invalid labels give NaN rows instead).
+// [0, total) in pieces of whole `grain`s and the first invalid index is returned; -1 when
+// there is none (or on CUDA, where invalid labels give NaN rows instead).
 template <typename Problem, typename F>
 int64_t run_loss(const Array& logits, const char* what, const Problem& p, int64_t stream,
-                 int64_t total, double cycles_per_unit, F cpu_fn) {
+                 int64_t total, double cycles_per_unit, int64_t grain, F cpu_fn) {
   if (logits.place() == Place::kCuda) {
     run_cuda(logits, what, p, stream);
     return -1;
   }
   py::gil_scoped_release release;
-  return run_cpu(total, cycles_per_unit, cpu_fn);
+  return run_cpu(total, cycles_per_unit, grain, cpu_fn);
 }
 
-std::vector<int64_t> logits_shape(const Array& logits, int64_t min_classes) {
-  if (logits.ndim() != 2)
-    throw py::value_error("logits must be 2-D [N, C], got shape " +
-                          shape_string(logits.shape()));
-  if (logits.dim(1) < min_classes)
-    throw py::value_error("logits must have at least " + std::to_string(min_classes) +
-                          " classes (C >= " + std::to_string(min_classes) + "), got shape " +
-                          shape_string(logits.shape()));
-  logits.require_contiguous();
-  return logits.shape();
+// The divisor of a Keras reduction (keras/src/losses/loss.py: apply_mask, then
+// reduce_weighted_values) over n rows, of which rows labelled ignore_class are masked out:
+// 1 for 'sum'; the number of kept rows for 'sum_over_batch_size'; the sum of the kept rows'
+// sample weights for 'mean_with_sample_weight' (their number without sample weights).
+template <typename A>
+double keras_divisor(Reduction reduction, int64_t n, const A* sample_weight,
+                     const int32_t* labels32, const int64_t* labels64, bool has_ignore_class,
+                     int64_t ignore_class) {
+  if (reduction == Reduction::kSum) return 1;
+  const bool weighted = reduction == Reduction::kMeanWithSampleWeight && sample_weight != nullptr;
+  if (!weighted && !has_ignore_class) return static_cast<double>(n);
+  double divisor = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (has_ignore_class) {
+      const int64_t y = labels32 != nullptr ? labels32[i] : labels64[i];
+      if (y == ignore_class) continue;
+    }
+    divisor += weighted ? static_cast<double>(sample_weight[i]) : 1.0;
+  }
+  return divisor;
 }
+
+// scale / divisor, or 0 for a zero divisor (every row ignored or weighted 0), as Keras'
+// divide_no_nan.
+double reduced_scale(double scale, double divisor) { return divisor == 0 ? 0.0 : scale / divisor; }
 
 // ---------------------------------------------------------------------------------------
 // softmax_loss
 
 py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_obj,
                        const py::object& weights_obj, const std::string& loss_kind,
-                       const std::string& weight_mode, double label_smoothing,
-                       double focal_gamma, double ce_weight, const py::object& ignore_class,
-                       const py::object& loss_obj, const py::object& backprop_obj,
-                       bool compute_backprop, int64_t stream) {
+                       double label_smoothing, double focal_gamma, double ce_weight,
+                       const py::object& ignore_class, const py::object& row_scale_obj,
+                       double scale, const std::string& reduction, const py::object& loss_obj,
+                       const py::object& backprop_obj, bool compute_backprop, int64_t stream) {
   const Array logits("logits", logits_obj, stream);
-  const std::vector<int64_t> shape = logits_shape(logits, 2);
-  const int64_t n = shape[0];
-  const int64_t c = shape[1];
-
   const Array labels("labels", labels_obj, stream);
-  labels.require_same_device(logits);
-  const bool sparse = labels.is(kDLInt, 32) || labels.is(kDLInt, 64);
-  if (sparse) {
-    if (labels.shape() != std::vector<int64_t>{n} && labels.shape() != std::vector<int64_t>{n, 1})
-      throw py::value_error("sparse labels must have shape " + shape_string({n}) + " or " +
-                            shape_string({n, 1}) + " (one class id per row of logits), got " +
-                            shape_string(labels.shape()));
-  } else {
-    if (labels.dtype().code != kDLFloat && labels.dtype().code != kDLBfloat)
-      throw py::type_error("labels must be int32 / int64 class ids or dense rows of the "
-                           "logits' dtype, got " + dtype_string(labels.dtype()));
-    labels.require_dtype(logits.dtype());
-    labels.require_shape(shape, "(dense labels: the logits' shape)");
-  }
-  labels.require_contiguous();
-
-  require_option(loss_kind == "cross_entropy" || loss_kind == "expected_cost",
-                 "loss_kind must be 'cross_entropy' or 'expected_cost', got '" + loss_kind + "'");
-  require_option(weight_mode == "none" || weight_mode == "class" || weight_mode == "cost",
-                 "weight_mode must be 'none', 'class' or 'cost', got '" + weight_mode + "'");
-  const bool expected = loss_kind == "expected_cost";
-  WeightMode mode = weight_mode == "class"  ? WeightMode::kClass
-                    : weight_mode == "cost" ? WeightMode::kCost
-                                            : WeightMode::kNone;
-  if (expected) {
-    require_option(mode != WeightMode::kClass,
-                   "expected_cost takes a cost matrix: weight_mode must be 'cost' (or 'none'), "
-                   "got 'class'");
-    mode = WeightMode::kCost;
-  }
-  require_option(std::isfinite(label_smoothing) && label_smoothing >= 0 && label_smoothing <= 1,
-                 "label_smoothing must be in [0, 1], got " + std::to_string(label_smoothing));
-  require_option(std::isfinite(focal_gamma) && focal_gamma >= 0,
-                 "focal_gamma must be finite and >= 0, got " + std::to_string(focal_gamma));
-  require_option(std::isfinite(ce_weight), "ce_weight must be finite, got " +
-                                               std::to_string(ce_weight));
-  require_option(!expected || focal_gamma == 0,
-                 "focal_gamma applies to loss_kind='cross_entropy' only");
-  require_option(expected || ce_weight == 0, "ce_weight applies to loss_kind='expected_cost' only");
-  require_option(sparse || ignore_class.is_none(),
-                 "ignore_class applies to sparse (integer) labels only");
-
   const auto weights = maybe_array("weights", weights_obj, stream);
-  if (mode == WeightMode::kNone && weights != nullptr)
-    throw py::value_error("weights were given but weight_mode is 'none'; pass weight_mode="
-                          "'class' (shape (C,)) or 'cost' (shape (C, C))");
-  if (mode != WeightMode::kNone && weights == nullptr)
-    throw py::value_error(std::string(expected ? "expected_cost" : "weight_mode '" + weight_mode +
-                                                                       "'") +
-                          " needs weights of shape " +
-                          shape_string(mode == WeightMode::kClass ? std::vector<int64_t>{c}
-                                                                  : std::vector<int64_t>{c, c}));
+  const auto row_scale = maybe_array("row_scale", row_scale_obj, stream);
+
+  SoftmaxSpec spec;
+  spec.loss_kind = parse_loss_kind(loss_kind);
+  spec.reduction = parse_reduction(reduction);
+  spec.logits = arg_info(&logits);
+  spec.labels = arg_info(&labels);
+  spec.weights = arg_info(weights.get());
+  spec.row_scale = arg_info(row_scale.get());
+  spec.label_smoothing = label_smoothing;
+  spec.focal_gamma = focal_gamma;
+  spec.ce_weight = ce_weight;
+  if (!ignore_class.is_none()) {
+    if (!py::isinstance<py::int_>(ignore_class) || py::isinstance<py::bool_>(ignore_class))
+      throw py::type_error("ignore_class must be an int or None, got " +
+                           std::string(Py_TYPE(ignore_class.ptr())->tp_name));
+    spec.has_ignore_class = true;
+    spec.ignore_class = ignore_class.cast<int64_t>();
+  }
+  raise_if_error(validate_softmax(&spec));
+  require_finite_scale(scale);
+  const bool reduced = spec.reduction != Reduction::kNone;
+  require_cuda_plain(logits, row_scale != nullptr || scale != 1, reduced);
+  logits.require_contiguous();
+  for (const Array* a : std::initializer_list<const Array*>{&labels, weights.get(), row_scale.get()})
+    require_input(a, logits);
 
   return with_float_type(logits, [&](auto tag) -> py::tuple {
     using T = typename decltype(tag)::type;
     using A = typename Acc<T>::type;
     SoftmaxProblem<T, A> p;
-    p.n = n;
-    p.c = c;
+    p.n = spec.n;
+    p.c = spec.c;
     p.logits = logits.data<T>();
-    if (sparse) {
-      if (labels.is(kDLInt, 32)) {
-        p.labels32 = labels.data<int32_t>();
-      } else {
-        p.labels64 = labels.data<int64_t>();
-      }
-    } else {
+    if (!spec.sparse) {
       p.dense = labels.data<T>();
+    } else if (spec.labels.dtype == DType::kInt32) {
+      p.labels32 = labels.data<int32_t>();
+    } else {
+      p.labels64 = labels.data<int64_t>();
     }
-    if (weights != nullptr) {
-      weights->require_same_device(logits);
-      weights->require_dtype(dl_type<A>());
-      weights->require_shape(mode == WeightMode::kClass ? std::vector<int64_t>{c}
-                                                        : std::vector<int64_t>{c, c},
-                             mode == WeightMode::kClass
-                                 ? "(class weights, one per class)"
-                                 : "(cost matrix C x C, M[true, predicted])");
-      weights->require_contiguous();
-      require_finite<A>(*weights);
+    p.loss_kind = spec.loss_kind;
+    p.weight_mode = spec.weight_mode;
+    if (spec.weight_mode != WeightMode::kNone) {
       p.weights = weights->data<A>();
+      if (weights->place() == Place::kCpu)  // device memory: the Python layer checks
+        raise_if_error(validate_softmax_weights(spec, p.weights, weights->size()));
     }
-    p.loss_kind = expected ? SoftmaxLoss::kExpectedCost : SoftmaxLoss::kCrossEntropy;
-    p.weight_mode = mode;
-    p.label_smoothing = static_cast<A>(label_smoothing);
-    p.focal_gamma = static_cast<A>(focal_gamma);
-    p.ce_weight = static_cast<A>(ce_weight);
-    if (!ignore_class.is_none()) {
-      if (!py::isinstance<py::int_>(ignore_class))
-        throw py::type_error("ignore_class must be an int or None, got " +
-                             std::string(Py_TYPE(ignore_class.ptr())->tp_name));
-      p.has_ignore_class = true;
-      p.ignore_class = ignore_class.cast<int64_t>();
-    }
+    p.label_smoothing = static_cast<A>(spec.label_smoothing);
+    p.focal_gamma = static_cast<A>(spec.focal_gamma);
+    p.ce_weight = static_cast<A>(spec.ce_weight);
+    p.has_ignore_class = spec.has_ignore_class;
+    p.ignore_class = spec.ignore_class;
+    if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
+    p.scale = static_cast<A>(
+        reduced ? reduced_scale(scale, keras_divisor(spec.reduction, p.n, p.row_scale,
+                                                     p.labels32, p.labels64,
+                                                     p.has_ignore_class, p.ignore_class))
+                : scale);
 
-    const LossOutputs out = loss_outputs<T, A>(p, {n}, shape, loss_obj, backprop_obj,
-                                               compute_backprop, logits, stream);
-    const int64_t bad =
-        run_loss(logits, "softmax_loss", p, stream, n,
-                 cpu::softmax_row_cycles(c, !sparse, focal_gamma != 0),
-                 [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
-    if (bad >= 0)
-      throw py::value_error("labels[" + std::to_string(bad) + "] = " +
-                            std::to_string(label_at(p, bad)) + " is outside [0, " +
-                            std::to_string(c) + ")" +
-                            (p.has_ignore_class
-                                 ? " and is not ignore_class " + std::to_string(p.ignore_class)
-                                 : std::string()));
-    return py::make_tuple(out.loss_out, out.backprop_out);
+    const std::vector<int64_t>& shape = spec.logits.shape;
+    const LossOutputs out = loss_outputs<T, A>(
+        p, reduced, std::vector<int64_t>(shape.begin(), shape.end() - 1), shape, loss_obj,
+        backprop_obj, compute_backprop, logits, stream);
+    const int64_t bad = run_loss(
+        logits, "softmax_loss", p, stream, p.n,
+        cpu::softmax_row_cycles(p.c, !spec.sparse, spec.focal_gamma != 0),
+        reduced ? kReduceBlockRows : 1,
+        [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
+    if (bad >= 0) throw py::value_error(invalid_label_message(spec, bad, label_at(p, bad)));
+    return out.result(reduced);
   });
 }
 
@@ -603,113 +669,146 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
 // sigmoid_loss
 
 // pos_weight / neg_weight: None (1), a Python number (CPU only), or an array of shape (),
-// (1,) or (C,).
-template <typename A>
-struct ClassValues {
+// [1] or [C]. A number or a 0-d array is described to the spec as its one value, [1].
+struct ClassWeight {
+  const char* name;
   std::unique_ptr<Array> array;
-  A scalar = 1;
-  const A* data = nullptr;
-  int64_t size = 0;
+  bool is_number = false;
+  double number = 1;
+  ArgInfo info;
+
+  ClassWeight(const char* name, const py::object& obj, const Array& logits, int64_t stream)
+      : name(name) {
+    if (obj.is_none()) return;
+    if (py::isinstance<py::float_>(obj) || py::isinstance<py::int_>(obj)) {
+      if (logits.place() == Place::kCuda)
+        throw py::type_error(std::string(name) + " must be an array on " +
+                             logits.device_string() +
+                             " for logits on a CUDA device, got a Python number");
+      is_number = true;
+      number = obj.cast<double>();
+      info.present = true;
+      info.dtype = core_dtype(logits.dtype()) == DType::kFloat64 ? DType::kFloat64
+                                                                 : DType::kFloat32;
+      info.shape = {1};
+      return;
+    }
+    array = std::make_unique<Array>(name, obj, stream);
+    info = arg_info(array.get());
+    if (info.shape.empty()) info.shape = {1};
+  }
+
+  // The values as the kernels read them, checked where they live in host memory.
+  template <typename A>
+  const A* values(A* scalar) const {
+    if (!info.present) return nullptr;
+    const A* v = scalar;
+    if (is_number) {
+      *scalar = static_cast<A>(number);
+    } else {
+      v = array->data<A>();
+      if (array->place() != Place::kCpu) return v;  // device memory: the Python layer checks
+    }
+    raise_if_error(validate_sigmoid_weight(name, v, size()));
+    return v;
+  }
+  int64_t size() const { return is_number ? 1 : array == nullptr ? 0 : array->size(); }
 };
 
-template <typename A>
-void class_values(const char* name, const py::object& obj, const Array& logits, int64_t c,
-                  int64_t stream, ClassValues<A>* out) {
-  if (obj.is_none()) return;
-  if (py::isinstance<py::float_>(obj) || py::isinstance<py::int_>(obj)) {
-    if (logits.place() == Place::kCuda)
-      throw py::type_error(std::string(name) + " must be an array on " + logits.device_string() +
-                           " (shape (), (1,) or (" + std::to_string(c) +
-                           ",)) for logits on a CUDA device, got a Python number");
-    out->scalar = obj.cast<A>();
-    if (!std::isfinite(out->scalar))
-      throw py::value_error(std::string(name) + " must be finite, got " +
-                            std::to_string(out->scalar));
-    out->data = &out->scalar;
-    out->size = 1;
-    return;
-  }
-  out->array = std::make_unique<Array>(name, obj, stream);
-  const Array& a = *out->array;
-  a.require_same_device(logits);
-  a.require_dtype(dl_type<A>());
-  if (!(a.ndim() == 0 || (a.ndim() == 1 && (a.dim(0) == 1 || a.dim(0) == c))))
-    throw py::value_error(std::string(name) + " must have shape (), (1,) or (" +
-                          std::to_string(c) + ",) (one per class), got " +
-                          shape_string(a.shape()));
-  a.require_contiguous();
-  require_finite<A>(a);
-  out->data = a.data<A>();
-  out->size = a.size();
-}
-
 py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_obj,
-                       const py::object& pos_weight, const py::object& neg_weight,
-                       double label_smoothing, double focal_gamma, const py::object& loss_obj,
+                       const py::object& pos_weight_obj, const py::object& neg_weight_obj,
+                       double label_smoothing, double focal_gamma,
+                       const py::object& element_scale_obj, const py::object& row_scale_obj,
+                       double scale, const std::string& reduction, const py::object& loss_obj,
                        const py::object& backprop_obj, bool compute_backprop, int64_t stream) {
   const Array logits("logits", logits_obj, stream);
-  const std::vector<int64_t> shape = logits_shape(logits, 1);
-  const int64_t n = shape[0];
-  const int64_t c = shape[1];
   const Array labels("labels", labels_obj, stream);
-  labels.require_same_device(logits);
-  labels.require_dtype(logits.dtype());
-  labels.require_shape(shape, "(the logits' shape)");
-  labels.require_contiguous();
-  require_option(std::isfinite(label_smoothing) && label_smoothing >= 0 && label_smoothing <= 1,
-                 "label_smoothing must be in [0, 1], got " + std::to_string(label_smoothing));
-  require_option(std::isfinite(focal_gamma) && focal_gamma >= 0,
-                 "focal_gamma must be finite and >= 0, got " + std::to_string(focal_gamma));
+  const ClassWeight pos("pos_weight", pos_weight_obj, logits, stream);
+  const ClassWeight neg("neg_weight", neg_weight_obj, logits, stream);
+  const auto element_scale = maybe_array("element_scale", element_scale_obj, stream);
+  const auto row_scale = maybe_array("row_scale", row_scale_obj, stream);
+
+  SigmoidSpec spec;
+  spec.reduction = parse_reduction(reduction);
+  spec.logits = arg_info(&logits);
+  spec.labels = arg_info(&labels);
+  spec.pos_weight = pos.info;
+  spec.neg_weight = neg.info;
+  spec.element_scale = arg_info(element_scale.get());
+  spec.row_scale = arg_info(row_scale.get());
+  spec.label_smoothing = label_smoothing;
+  spec.focal_gamma = focal_gamma;
+  raise_if_error(validate_sigmoid(&spec));
+  require_finite_scale(scale);
+  const bool reduced = spec.reduction != Reduction::kNone;
+  require_cuda_plain(logits, element_scale != nullptr || row_scale != nullptr || scale != 1,
+                     reduced);
+  logits.require_contiguous();
+  for (const Array* a : std::initializer_list<const Array*>{
+           &labels, pos.array.get(), neg.array.get(), element_scale.get(), row_scale.get()})
+    require_input(a, logits);
 
   return with_float_type(logits, [&](auto tag) -> py::tuple {
     using T = typename decltype(tag)::type;
     using A = typename Acc<T>::type;
-    ClassValues<A> pos, neg;
-    class_values<A>("pos_weight", pos_weight, logits, c, stream, &pos);
-    class_values<A>("neg_weight", neg_weight, logits, c, stream, &neg);
+    A pos_number = 1, neg_number = 1;
     SigmoidProblem<T, A> p;
-    p.n = n;
-    p.c = c;
+    p.n = spec.n;
+    p.c = spec.c;
     p.logits = logits.data<T>();
     p.labels = labels.data<T>();
-    p.pos_weight = pos.data;
-    p.pos_weight_size = pos.size;
-    p.neg_weight = neg.data;
-    p.neg_weight_size = neg.size;
-    p.label_smoothing = static_cast<A>(label_smoothing);
-    p.focal_gamma = static_cast<A>(focal_gamma);
+    p.pos_weight = pos.values(&pos_number);
+    p.pos_weight_size = pos.size();
+    p.neg_weight = neg.values(&neg_number);
+    p.neg_weight_size = neg.size();
+    p.label_smoothing = static_cast<A>(spec.label_smoothing);
+    p.focal_gamma = static_cast<A>(spec.focal_gamma);
+    if (element_scale != nullptr) p.element_scale = element_scale->data<A>();
+    if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
+    // A reduced call follows keras.losses.BinaryCrossentropy: the per-example loss is the
+    // mean over the last axis, so the divisor carries a factor C.
+    p.scale = static_cast<A>(
+        reduced ? reduced_scale(scale, keras_divisor<A>(spec.reduction, p.n, p.row_scale, nullptr,
+                                                        nullptr, false, 0) *
+                                           static_cast<double>(p.c))
+                : scale);
 
-    const LossOutputs out = loss_outputs<T, A>(p, shape, shape, loss_obj, backprop_obj,
-                                               compute_backprop, logits, stream);
-    const int64_t bad =
-        run_loss(logits, "sigmoid_loss", p, stream, n * c,
-                 cpu::sigmoid_element_cycles(focal_gamma != 0),
-                 [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
+    const LossOutputs out =
+        loss_outputs<T, A>(p, reduced, spec.logits.shape, spec.logits.shape, loss_obj,
+                           backprop_obj, compute_backprop, logits, stream);
+    const int64_t bad = run_loss(
+        logits, "sigmoid_loss", p, stream, p.n * p.c, cpu::sigmoid_element_cycles(p.focal_gamma != 0),
+        reduced ? kReduceBlockRows * p.c : 1,
+        [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
     if (bad >= 0)
-      throw py::value_error("labels[" + std::to_string(bad / c) + ", " +
-                            std::to_string(bad % c) + "] = " +
-                            std::to_string(to_acc(p.labels[bad])) + " is outside [0, 1]");
-    return py::make_tuple(out.loss_out, out.backprop_out);
+      throw py::value_error(
+          invalid_sigmoid_label_message(spec, bad, static_cast<double>(to_acc(p.labels[bad]))));
+    return out.result(reduced);
   });
 }
 
 // ---------------------------------------------------------------------------------------
-// scale_gradient: out = grad * scale[:, None] (per_row) or grad * scale (element-wise).
+// scale_gradient: out = grad * scale[..., None] (per_row) or grad * scale (element-wise).
 
 py::object scale_gradient(const py::object& grad_obj, const py::object& scale_obj,
                           const py::object& out_obj, bool per_row, int64_t stream) {
   const Array grad("grad", grad_obj, stream);
-  const std::vector<int64_t> shape = logits_shape(grad, 1);
-  const int64_t n = shape[0];
-  const int64_t c = shape[1];
+  if (grad.ndim() < 1)
+    throw py::value_error("grad must have a class axis (rank >= 1), got shape " +
+                          shape_string(grad.shape()));
+  grad.require_contiguous();
+  const std::vector<int64_t> shape = grad.shape();
+  const std::vector<int64_t> lead(shape.begin(), shape.end() - 1);
+  const int64_t c = shape.back();
+  const int64_t n = c == 0 ? 0 : grad.size() / c;
   const Array scale("scale", scale_obj, stream);
   scale.require_same_device(grad);
   return with_float_type(grad, [&](auto tag) -> py::object {
     using T = typename decltype(tag)::type;
     using A = typename Acc<T>::type;
     scale.require_dtype(dl_type<A>());
-    scale.require_shape(per_row ? std::vector<int64_t>{n} : shape,
-                        per_row ? "(one per row of grad)" : "(grad's shape)");
+    scale.require_shape(per_row ? lead : shape,
+                        per_row ? "(grad's leading shape: one per row)" : "(grad's shape)");
     scale.require_contiguous();
     std::unique_ptr<Array> out;
     py::object result = output<T>("out", out_obj, shape, grad, stream, &out);
@@ -719,12 +818,12 @@ py::object scale_gradient(const py::object& grad_obj, const py::object& scale_ob
     } else {
       py::gil_scoped_release release;
       if (per_row) {
-        run_cpu(n, static_cast<double>(c), [&](int64_t begin, int64_t end) {
+        run_cpu(n, static_cast<double>(c), 1, [&](int64_t begin, int64_t end) {
           cpu::scale_rows(p.in, p.scale, p.out, c, begin, end);
           return int64_t{-1};
         });
       } else {
-        run_cpu(n * c, 1.0, [&](int64_t begin, int64_t end) {
+        run_cpu(n * c, 1.0, 1, [&](int64_t begin, int64_t end) {
           cpu::scale_elements(p.in, p.scale, p.out, begin, end);
           return int64_t{-1};
         });
@@ -749,30 +848,52 @@ PYBIND11_MODULE(_core, m) {
   using namespace costxent;
   m.doc() =
       "costxent's fused loss + gradient kernels over DLPack arrays (NumPy on the CPU; CuPy, "
-      "PyTorch or JAX on a CUDA device), without TensorFlow. Outputs are written into the "
-      "arrays passed as loss= / backprop= (required on a CUDA device; new NumPy arrays on the "
-      "CPU when omitted). stream is a cudaStream_t as an int (0: the legacy default stream).";
+      "PyTorch or JAX on a CUDA device), without TensorFlow. Arguments are checked by the "
+      "same validation as the TensorFlow ops (cc/core/spec.h): a wrong dtype raises "
+      "TypeError, anything else ValueError. Per-example outputs are written into the arrays "
+      "passed as loss= / backprop= (required on a CUDA device; new NumPy arrays on the CPU "
+      "when omitted). stream is a cudaStream_t as an int (0: the legacy default stream).";
   m.def("softmax_loss", &softmax_loss, py::arg("logits"), py::arg("labels"),
         py::arg("weights") = py::none(), py::kw_only(), py::arg("loss_kind") = "cross_entropy",
-        py::arg("weight_mode") = "none", py::arg("label_smoothing") = 0.0,
-        py::arg("focal_gamma") = 0.0, py::arg("ce_weight") = 0.0,
-        py::arg("ignore_class") = py::none(), py::arg("loss") = py::none(),
+        py::arg("label_smoothing") = 0.0, py::arg("focal_gamma") = 0.0,
+        py::arg("ce_weight") = 0.0, py::arg("ignore_class") = py::none(),
+        py::arg("row_scale") = py::none(), py::arg("scale") = 1.0,
+        py::arg("reduction") = "none", py::arg("loss") = py::none(),
         py::arg("backprop") = py::none(), py::arg("compute_backprop") = true,
         py::arg("stream") = 0,
-        "Softmax cross-entropy (weighted, focal, smoothed) or expected cost over rows of "
-        "logits [N, C]; labels are int class ids [N] or dense rows [N, C]. Returns "
-        "(loss [N], backprop [N, C] or None).");
+        "Softmax cross-entropy (weighted, focal, smoothed; loss_kind='cross_entropy') or "
+        "expected cost (loss_kind='expected_cost') over logits [..., C].\n\n"
+        "labels: int32/int64 class ids of shape logits.shape[:-1] (or [..., 1]), or dense rows "
+        "of the logits' shape and dtype. weights (float32; float64 for float64 logits): None, "
+        "class weights [C] or a cost matrix [C, C] indexed M[true, predicted], told apart by "
+        "rank; expected_cost requires the matrix.\n\n"
+        "reduction='none' returns (loss [N], backprop [..., C] or None) with backprop row i = "
+        "row_scale[i] * scale * d loss_i / d logits_i (row_scale: an upstream gradient of the "
+        "leading shape; None: 1). Any other reduction ('sum', 'sum_over_batch_size', "
+        "'mean_with_sample_weight', as Keras) takes row_scale as sample_weight, masks rows "
+        "labelled ignore_class, divides by its divisor (0 gives 0) and returns (loss: float, "
+        "the reduced loss times scale, backprop of it or None); CPU arrays only.");
   m.def("sigmoid_loss", &sigmoid_loss, py::arg("logits"), py::arg("labels"),
         py::arg("pos_weight") = py::none(), py::arg("neg_weight") = py::none(), py::kw_only(),
         py::arg("label_smoothing") = 0.0, py::arg("focal_gamma") = 0.0,
-        py::arg("loss") = py::none(), py::arg("backprop") = py::none(),
-        py::arg("compute_backprop") = true, py::arg("stream") = 0,
-        "Element-wise weighted focal sigmoid cross-entropy over logits [N, C]. Returns "
-        "(loss [N, C], backprop [N, C] or None).");
+        py::arg("element_scale") = py::none(), py::arg("row_scale") = py::none(),
+        py::arg("scale") = 1.0, py::arg("reduction") = "none", py::arg("loss") = py::none(),
+        py::arg("backprop") = py::none(), py::arg("compute_backprop") = true,
+        py::arg("stream") = 0,
+        "Element-wise weighted focal sigmoid cross-entropy over logits [..., C]; labels of the "
+        "logits' shape and dtype; pos_weight / neg_weight None, a number or [C].\n\n"
+        "backprop[i, j] = element_scale[i, j] * row_scale[i] * scale * d loss_ij / d logits_ij "
+        "(element_scale: an upstream gradient of the logits' shape; row_scale: sample weights "
+        "of the leading shape; None: 1). reduction='none' returns (loss [..., C], backprop or "
+        "None); any other reduction follows keras.losses.BinaryCrossentropy (the per-example "
+        "loss is the mean over the last axis, row_scale is sample_weight) and returns "
+        "(loss: float, the reduced loss times scale, backprop of it or None); CPU arrays "
+        "only.");
   m.def("scale_gradient", &scale_gradient, py::arg("grad"), py::arg("scale"),
         py::arg("out") = py::none(), py::kw_only(), py::arg("per_row") = true,
         py::arg("stream") = 0,
-        "out = grad * scale[:, None] (per_row) or grad * scale; out may be grad.");
+        "out = grad * scale[..., None] (per_row: scale of grad's leading shape) or "
+        "grad * scale (scale of grad's shape); out may be grad.");
   m.def("has_cuda", &has_cuda, "Whether this build has the CUDA kernels.");
   m.def("cpu_instruction_set", &cpu::instruction_set,
         "The CPU kernels' instruction set chosen at load time.");
