@@ -383,24 +383,21 @@ def test_xla_runs_the_reference_and_matches_the_eager_fused_result() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The loss-only variant.
+# Which fused op runs where: loss-only forward, recomputed gradient, reduced Keras losses.
 
-
-def _fused_ops(graph: tf.Graph) -> list[tf.Operation]:
-    return [op for op in graph.get_operations() if op.type in FUSED_TYPES]
+def _op_types(graph: tf.Graph) -> list[str]:
+    return sorted(op.type for op in graph.get_operations() if op.type.startswith("Costxent"))
 
 
 @pytest.mark.parametrize("fn", list(FUNCTIONS))
-def test_loss_only_variant_and_recomputed_graph_gradient(fn: str) -> None:
+def test_loss_only_forward_and_recomputed_gradient(fn: str) -> None:
     p = _problem(10, n=40, dtype=np.float64)
     z = tf.constant(p["logits"])
     upstream = _upstream(fn, p)
+    loss_type = "CostxentSigmoidLoss" if fn == "sigmoid" else "CostxentSoftmaxLoss"
 
     untaped = tf.function(lambda z: FUNCTIONS[fn](cx_ops, p, z))
-    graph = untaped.get_concrete_function(z).graph
-    [op] = _fused_ops(graph)
-    assert op.get_attr("compute_backprop") is False
-    assert op.outputs[1].shape.as_list() == [0]  # no backprop buffer at all
+    assert _op_types(untaped.get_concrete_function(z).graph) == [loss_type]
 
     @tf.function
     def taped(z: tf.Tensor) -> tf.Tensor:
@@ -409,8 +406,8 @@ def test_loss_only_variant_and_recomputed_graph_gradient(fn: str) -> None:
             total = tf.reduce_sum(FUNCTIONS[fn](cx_ops, p, z) * upstream)
         return tape.gradient(total, z)
 
-    [op] = _fused_ops(taped.get_concrete_function(z).graph)
-    assert op.get_attr("compute_backprop") is True
+    # The forward writes no gradient; the backward reads the logits once and writes it once.
+    assert _op_types(taped.get_concrete_function(z).graph) == [loss_type, loss_type + "Grad"]
 
     @tf.function
     def graph_gradients(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -418,9 +415,6 @@ def test_loss_only_variant_and_recomputed_graph_gradient(fn: str) -> None:
         return loss, tf.gradients(loss * upstream, z)[0]
 
     loss, grad = graph_gradients(z)
-    graph = graph_gradients.get_concrete_function(z).graph
-    # The loss-only forward op, and the recomputation that serves the gradient.
-    assert sorted(op.get_attr("compute_backprop") for op in _fused_ops(graph)) == [False, True]
     want_loss, want_grad = _oracle_loss_and_grad(fn, p)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-12)
@@ -428,26 +422,24 @@ def test_loss_only_variant_and_recomputed_graph_gradient(fn: str) -> None:
 
 
 class _RecordingLibrary:
-    """The op library, recording ``compute_backprop`` of every fused loss op it builds."""
+    """The op library, recording the name of every fused loss op it builds."""
 
     def __init__(self, library: Any) -> None:
         self._library = library
-        self.calls: list[tuple[str, bool]] = []
+        self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         op = getattr(self._library, name)
-        if not name.endswith("_loss"):
-            return op
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((name, kwargs["compute_backprop"]))
+            self.calls.append(name)
             return op(*args, **kwargs)
 
         return recorded
 
 
 @pytest.mark.parametrize("kind", ["categorical", "binary"])
-def test_keras_fit_then_evaluate_use_backprop_and_loss_only_variants(
+def test_keras_fit_uses_the_reduced_op_and_evaluate_the_loss_only_op(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = _RecordingLibrary(cx_ops._op_library())
@@ -458,17 +450,20 @@ def test_keras_fit_then_evaluate_use_backprop_and_loss_only_variants(
         y = rng.integers(0, 3, size=100)
         loss = cx.WeightedCategoricalCrossentropy(cost_matrix=COST, from_logits=True)
         expected = lambda z: oracle.softmax_cross_entropy(y, z, cost_matrix=COST)[0]  # noqa: E731
+        name = "softmax"
     else:
         y = (rng.random((100, 3)) < 0.3).astype(np.float32)
         loss = cx.WeightedBinaryCrossentropy(pos_weight=[2.0, 1.0, 0.5], from_logits=True)
         expected = lambda z: np.mean(  # noqa: E731
             oracle.sigmoid_cross_entropy(y, z, pos_weight=[2.0, 1.0, 0.5])[0], axis=-1
         )
+        name = "sigmoid"
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     model.compile(optimizer="sgd", loss=loss, jit_compile=False)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    assert recorder.calls and all(backprop for _, backprop in recorder.calls)
+    assert f"costxent_{name}_loss_reduced" in recorder.calls
+    assert f"costxent_{name}_loss" not in recorder.calls
     recorder.calls.clear()
     logits = model.predict(x, verbose=0).astype(np.float64)
     want = float(np.mean(expected(logits)))
@@ -476,4 +471,4 @@ def test_keras_fit_then_evaluate_use_backprop_and_loss_only_variants(
     for batch_size in (32, 64):
         got = model.evaluate(x, y, batch_size=batch_size, verbose=0)
         np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert recorder.calls and not any(backprop for _, backprop in recorder.calls)
+    assert recorder.calls and set(recorder.calls) == {f"costxent_{name}_loss"}

@@ -1,12 +1,14 @@
 // CPU launch: rows sharded over TensorFlow's intra-op thread pool.
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
 #include "cc/core/cpu.h"
+#include "cc/core/scale.h"
 #include "cc/tf/kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -54,56 +56,88 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// Runs fn(begin, end) over whole reduction blocks of n rows, so every block sum is computed
+// by one call whatever the split; returns the smallest invalid index reported, or -1.
+template <typename Fn>
+int64_t shard_blocks(OpKernelContext* ctx, int64_t n, double cycles_per_row, Fn fn) {
+  const int64_t blocks = block_count(n);
+  return shard_and_find_first_invalid(
+      ctx, blocks, cycles_per_row * static_cast<double>(kReduceBlockRows),
+      [&](int64_t b0, int64_t b1) {
+        const int64_t end = b1 * kReduceBlockRows < n ? b1 * kReduceBlockRows : n;
+        return fn(b0 * kReduceBlockRows, end);
+      });
+}
+
 }  // namespace
 
 template <>
 struct Launch<CPUDevice> {
-  static constexpr bool kHostWeights = true;
+  static constexpr bool kHostMemory = true;
 
   template <typename T, typename A>
-  static void softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
+  static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
     if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
       advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
-    const int64_t bad = shard_and_find_first_invalid(
-        ctx, p.n,
-        cpu::softmax_row_cycles(p.c, p.dense != nullptr,
-                                p.focal_gamma != A(0) ||
-                                    p.loss_kind == SoftmaxLoss::kExpectedCost),
-        [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
-    OP_REQUIRES(ctx, bad < 0,
-                errors::InvalidArgument("labels[", bad, "] = ", label_at(p, bad < 0 ? 0 : bad),
-                                        " is outside the valid class range [0, ", p.c, ")"));
+    const double cycles = cpu::softmax_row_cycles(
+        p.c, p.dense != nullptr,
+        p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);
+    auto rows = [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); };
+    if (p.block_sums != nullptr) return shard_blocks(ctx, p.n, cycles, rows);
+    return shard_and_find_first_invalid(ctx, p.n, cycles, rows);
   }
 
   template <typename T, typename A>
-  static void sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
-    advise_huge_pages(p.loss, sizeof(A) * p.n * p.c);
+  static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
+    if (p.loss != nullptr) advise_huge_pages(p.loss, sizeof(A) * p.n * p.c);
     if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
       advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
-    const int64_t bad = shard_and_find_first_invalid(
-        ctx, p.n * p.c, cpu::sigmoid_element_cycles(p.focal_gamma != A(0)),
-        [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
-    OP_REQUIRES(ctx, bad < 0,
-                errors::InvalidArgument("labels[", bad / (p.c > 0 ? p.c : 1), ", ",
-                                        bad % (p.c > 0 ? p.c : 1), "] = ",
-                                        to_acc(p.labels[bad < 0 ? 0 : bad]),
-                                        " is outside [0, 1]"));
-  }
-
-  template <typename T, typename A>
-  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t n,
-                    int64_t c, bool per_row) {
-    if (out != in) advise_huge_pages(out, sizeof(T) * n * c);
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    if (per_row) {
-      pool->ParallelFor(n, 2 * c, [&](int64_t begin, int64_t end) {
-        cpu::scale_rows(in, scale, out, c, begin, end);
-      });
-    } else {
-      pool->ParallelFor(n * c, 2, [&](int64_t begin, int64_t end) {
-        cpu::scale_elements(in, scale, out, begin, end);
-      });
+    const double cycles = cpu::sigmoid_element_cycles(p.focal_gamma != A(0));
+    if (p.block_sums != nullptr) {
+      return shard_blocks(ctx, p.n, cycles * static_cast<double>(p.c),
+                          [&](int64_t begin, int64_t end) {
+                            return cpu::sigmoid_elements(p, begin * p.c, end * p.c);
+                          });
     }
+    return shard_and_find_first_invalid(
+        ctx, p.n * p.c, cycles,
+        [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
+  }
+
+  template <typename A>
+  static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d) {
+    if (d.reduction == Reduction::kSum) return 1;
+    if (!d.needs_data()) return static_cast<double>(d.n);
+    // Block partial sums added in block order: the same bits for any thread count.
+    std::vector<double> partial(static_cast<size_t>(block_count(d.n)), 0.0);
+    const bool weighted = d.sample_weight != nullptr;
+    shard_blocks(ctx, d.n, weighted ? 4.0 : 2.0, [&](int64_t begin, int64_t end) {
+      double sum = 0;
+      for (int64_t row = begin; row < end; ++row) {
+        if (d.kept(row)) sum += weighted ? static_cast<double>(d.sample_weight[row]) : 1.0;
+      }
+      partial[static_cast<size_t>(begin / kReduceBlockRows)] = sum;
+      return int64_t{-1};
+    });
+    double total = 0;
+    for (double v : partial) total += v;
+    return total;
+  }
+
+  template <typename A>
+  static void sum_blocks(OpKernelContext*, const double* block_sums, int64_t count, A* loss) {
+    double total = 0;
+    for (int64_t b = 0; b < count; ++b) total += block_sums[b];
+    *loss = static_cast<A>(total);
+  }
+
+  template <typename T, typename A>
+  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t count) {
+    if (static_cast<const void*>(out) != in) advise_huge_pages(out, sizeof(T) * count);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(count, 2, [&](int64_t begin, int64_t end) {
+      scale_span(in, *scale, out, begin, end);
+    });
   }
 };
 

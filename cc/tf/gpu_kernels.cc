@@ -4,6 +4,7 @@
 #define EIGEN_USE_GPU
 
 #include "cc/core/cuda.h"
+#include "cc/core/cuda_reduce.h"
 #include "cc/tf/kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
@@ -29,22 +30,58 @@ void check_launch(OpKernelContext* ctx, cudaError_t status, const char* what) {
 template <>
 struct Launch<GPUDevice> {
   // Weights are device memory here; the Python layer checks them (validate=True).
-  static constexpr bool kHostWeights = false;
+  static constexpr bool kHostMemory = false;
 
   template <typename T, typename A>
-  static void softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
+  static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
     check_launch(ctx, cuda::softmax_rows(p, stream_of(ctx)), "softmax loss");
+    return -1;
   }
 
   template <typename T, typename A>
-  static void sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
+  static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
     check_launch(ctx, cuda::sigmoid_elements(p, stream_of(ctx)), "sigmoid loss");
+    return -1;
+  }
+
+  // The row pass takes the divisor as a host scalar, so a divisor that depends on device data
+  // (ignored rows, sample weights) costs one stream synchronisation here.
+  template <typename A>
+  static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d) {
+    if (d.reduction == Reduction::kSum) return 1;
+    if (!d.needs_data()) return static_cast<double>(d.n);
+    Tensor sum;
+    const ::tensorflow::Status allocated =
+        ctx->allocate_temp(::tensorflow::DT_DOUBLE, TensorShape({}), &sum);
+    if (!allocated.ok()) {
+      ctx->SetStatus(allocated);
+      return 0;
+    }
+    cudaStream_t stream = stream_of(ctx);
+    check_launch(ctx,
+                 cuda::kept_weight_sum(d.n, d.sample_weight, d.labels32, d.labels64,
+                                       d.has_ignore_class, d.ignore_class,
+                                       sum.flat<double>().data(), stream),
+                 "reduction divisor");
+    double host = 0;
+    if (!ctx->status().ok()) return 0;
+    check_launch(ctx,
+                 cudaMemcpyAsync(&host, sum.flat<double>().data(), sizeof(double),
+                                 cudaMemcpyDeviceToHost, stream),
+                 "reduction divisor copy");
+    if (ctx->status().ok()) check_launch(ctx, cudaStreamSynchronize(stream), "synchronize");
+    return host;
+  }
+
+  template <typename A>
+  static void sum_blocks(OpKernelContext* ctx, const double* block_sums, int64_t count, A* loss) {
+    check_launch(ctx, cuda::sum_in_order(block_sums, count, loss, stream_of(ctx)),
+                 "loss reduction");
   }
 
   template <typename T, typename A>
-  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t n,
-                    int64_t c, bool per_row) {
-    check_launch(ctx, cuda::scale_gradient(in, scale, out, n, c, per_row, stream_of(ctx)),
+  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t count) {
+    check_launch(ctx, cuda::scale_by_device_scalar(in, scale, out, count, stream_of(ctx)),
                  "gradient scaling");
   }
 };

@@ -1,11 +1,14 @@
-// Device-independent TensorFlow OpKernels: validate inputs, allocate outputs, fill a core
-// problem, and hand it to Launch<Device> (cpu_kernels.cc / gpu_kernels.cc).
+// Device-independent TensorFlow OpKernels: describe the inputs to the core spec, validate
+// them there (cc/core/spec.h), allocate outputs, fill a core problem and hand it to
+// Launch<Device> (cpu_kernels.cc / gpu_kernels.cc).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cc/core/problem.h"
+#include "cc/core/spec.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -15,7 +18,6 @@ namespace costxent {
 namespace tf_kernels {
 
 using ::tensorflow::DataType;
-using ::tensorflow::DataTypeString;
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
@@ -46,186 +48,251 @@ const typename CoreType<T>::type* core_ptr(const T* p) {
   return reinterpret_cast<const typename CoreType<T>::type*>(p);
 }
 
-// Implemented per device: run the problem, or set an error on ctx.
-template <typename Device>
-struct Launch {
-  template <typename T, typename A>
-  static void softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p);
-  template <typename T, typename A>
-  static void sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p);
-  template <typename T, typename A>
-  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t n,
-                    int64_t c, bool per_row);
-  // Whether weights live in host memory and can be checked for finiteness here.
-  static constexpr bool kHostWeights = false;
-};
-
-constexpr int64_t kMaxWeightsScannedPerCall = int64_t{1} << 22;
-
-template <typename A>
-bool all_finite(const Tensor& t) {
-  const auto flat = t.flat<A>();
-  for (int64_t k = 0; k < flat.size(); ++k)
-    if (!std::isfinite(flat(k))) return false;
-  return true;
+inline DType core_dtype(DataType dtype) {
+  switch (dtype) {
+    case ::tensorflow::DT_HALF:
+      return DType::kFloat16;
+    case ::tensorflow::DT_BFLOAT16:
+      return DType::kBFloat16;
+    case ::tensorflow::DT_FLOAT:
+      return DType::kFloat32;
+    case ::tensorflow::DT_DOUBLE:
+      return DType::kFloat64;
+    case ::tensorflow::DT_INT32:
+      return DType::kInt32;
+    case ::tensorflow::DT_INT64:
+      return DType::kInt64;
+    default:
+      return DType::kOther;
+  }
 }
 
-// The float64 options input: [label_smoothing, focal_gamma, ce_weight].
-struct LossOptions {
-  double label_smoothing = 0;
-  double focal_gamma = 0;
-  double ce_weight = 0;
-};
+// An optional input is absent when the caller passed an empty [0] tensor.
+inline ArgInfo arg_info(const Tensor& t, bool optional = false) {
+  ArgInfo info;
+  info.present = !(optional && t.dims() == 1 && t.dim_size(0) == 0);
+  info.dtype = core_dtype(t.dtype());
+  for (int d = 0; d < t.dims(); ++d) info.shape.push_back(t.dim_size(d));
+  return info;
+}
 
-inline ::tensorflow::Status read_options(const Tensor& t, LossOptions* options) {
-  if (t.dims() != 1 || t.dim_size(0) != 3)
-    return errors::InvalidArgument(
-        "options must have shape [3] (label_smoothing, focal_gamma, ce_weight), got shape ",
-        t.shape().DebugString());
-  const auto v = t.flat<double>();
-  options->label_smoothing = v(0);
-  options->focal_gamma = v(1);
-  options->ce_weight = v(2);
-  if (!(options->label_smoothing >= 0 && options->label_smoothing <= 1))
-    return errors::InvalidArgument("label_smoothing must be in [0, 1], got ",
-                                   options->label_smoothing);
-  if (!(options->focal_gamma >= 0 && std::isfinite(options->focal_gamma)))
-    return errors::InvalidArgument("focal_gamma must be finite and >= 0, got ",
-                                   options->focal_gamma);
-  if (!std::isfinite(options->ce_weight))
-    return errors::InvalidArgument("ce_weight must be finite, got ", options->ce_weight);
+inline ::tensorflow::Status tf_status(const Status& s) {
+  if (s.ok()) return ::tensorflow::OkStatus();
+  return errors::InvalidArgument(s.message);
+}
+
+inline ::tensorflow::Status read_scalar(OpKernelContext* ctx, int index, const char* name,
+                                        double* out) {
+  const Tensor& t = ctx->input(index);
+  if (t.dims() != 0)
+    return errors::InvalidArgument(name, " must be a scalar, got shape ",
+                                   t.shape().DebugString());
+  *out = t.scalar<double>()();
   return ::tensorflow::OkStatus();
 }
 
-template <typename Device, typename T, typename A>
+inline Reduction parse_reduction(const std::string& name) {
+  if (name == "sum") return Reduction::kSum;
+  if (name == "mean_with_sample_weight") return Reduction::kMeanWithSampleWeight;
+  return Reduction::kSumOverBatchSize;
+}
+
+// What the divisor of a Keras reduction over n rows depends on. It is n for 'sum_over_batch_size'
+// without ignored rows, the number of rows whose label is not ignore_class, or for
+// 'mean_with_sample_weight' the sum of sample weights over those rows (that number when no
+// weights are given); 1 for 'sum'.
+template <typename A>
+struct DivisorInput {
+  Reduction reduction = Reduction::kSum;
+  int64_t n = 0;
+  const A* sample_weight = nullptr;
+  const int32_t* labels32 = nullptr;
+  const int64_t* labels64 = nullptr;
+  bool has_ignore_class = false;
+  int64_t ignore_class = 0;
+
+  bool needs_data() const {
+    if (reduction == Reduction::kSum) return false;
+    if (reduction == Reduction::kMeanWithSampleWeight && sample_weight != nullptr) return true;
+    return has_ignore_class;
+  }
+  bool kept(int64_t row) const {
+    if (!has_ignore_class) return true;
+    const int64_t y = labels32 != nullptr ? labels32[row] : labels64[row];
+    return y != ignore_class;
+  }
+};
+
+// Implemented per device.
+template <typename Device>
+struct Launch {
+  // Runs the rows (shards whole reduction blocks when p.block_sums is set). Returns -1, or
+  // the first row with an invalid label (CPU; the GPU writes NaN rows instead).
+  template <typename T, typename A>
+  static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p);
+  // Returns -1 or the first element with a label outside [0, 1] (CPU).
+  template <typename T, typename A>
+  static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p);
+  template <typename A>
+  static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d);
+  // *loss = sum of block sums in order, in the output's memory.
+  template <typename A>
+  static void sum_blocks(OpKernelContext* ctx, const double* block_sums, int64_t count,
+                         A* loss);
+  // out = in * (*scale), skipped when *scale == 1 and out == in; scale in device memory.
+  template <typename T, typename A>
+  static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t count);
+  // Inputs live in host memory: weights can be value-checked and scalars read here.
+  static constexpr bool kHostMemory = false;
+};
+
+inline int64_t block_count(int64_t n) { return (n + kReduceBlockRows - 1) / kReduceBlockRows; }
+
+// ---------------------------------------------------------------------------------------
+// Softmax losses.
+
+enum class Variant { kLoss, kGrad, kReduced };
+
+template <typename Device, typename T, typename A, Variant V>
 class SoftmaxLossOp : public OpKernel {
  public:
   explicit SoftmaxLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string loss_kind, weight_mode;
+    std::string loss_kind;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("loss_kind", &loss_kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("weight_mode", &weight_mode));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore_class", &has_ignore_class_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_class", &ignore_class_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_backprop", &compute_backprop_));
-    expected_cost_ = loss_kind == "expected_cost";
-    weight_mode_ = expected_cost_            ? WeightMode::kCost
-                   : weight_mode == "class" ? WeightMode::kClass
-                   : weight_mode == "cost"  ? WeightMode::kCost
-                                            : WeightMode::kNone;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore_class", &spec_.has_ignore_class));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_class", &spec_.ignore_class));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("check_weights", &check_weights_));
+    spec_.loss_kind =
+        loss_kind == "expected_cost" ? SoftmaxLoss::kExpectedCost : SoftmaxLoss::kCrossEntropy;
+    if (V == Variant::kReduced) {
+      std::string reduction;
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("reduction", &reduction));
+      spec_.reduction = parse_reduction(reduction);
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& logits = ctx->input(0);
     const Tensor& labels = ctx->input(1);
     const Tensor& weights = ctx->input(2);
-    LossOptions options;
-    OP_REQUIRES_OK(ctx, read_options(ctx->input(3), &options));
-    OP_REQUIRES(ctx, logits.dims() == 2,
-                errors::InvalidArgument("logits must be 2-D [N, C], got shape ",
-                                        logits.shape().DebugString()));
-    const int64_t n = logits.dim_size(0);
-    const int64_t c = logits.dim_size(1);
-    OP_REQUIRES(ctx, c >= 2,
-                errors::InvalidArgument("logits must have at least 2 classes (C >= 2), got C = ",
-                                        c));
-    const bool sparse = labels.dtype() == tensorflow::DT_INT32 ||
-                        labels.dtype() == tensorflow::DT_INT64;
-    if (sparse) {
-      OP_REQUIRES(ctx, labels.dims() == 1 && labels.dim_size(0) == n,
-                  errors::InvalidArgument("sparse labels must have shape [", n,
-                                          "] (one class id per row of logits), got shape ",
-                                          labels.shape().DebugString()));
-    } else {
-      OP_REQUIRES(ctx, labels.dtype() == logits.dtype(),
-                  errors::InvalidArgument("dense labels must have the logits' dtype ",
-                                          DataTypeString(logits.dtype()), ", got ",
-                                          DataTypeString(labels.dtype())));
-      OP_REQUIRES(ctx, labels.shape() == logits.shape(),
-                  errors::InvalidArgument("dense labels must have the logits' shape ",
-                                          logits.shape().DebugString(), ", got ",
-                                          labels.shape().DebugString()));
+    SoftmaxSpec spec = spec_;
+    spec.logits = arg_info(logits);
+    spec.labels = arg_info(labels);
+    spec.weights = arg_info(weights, true);
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 3, "label_smoothing", &spec.label_smoothing));
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 4, "focal_gamma", &spec.focal_gamma));
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 5, "ce_weight", &spec.ce_weight));
+    const Tensor* row_scale = nullptr;
+    if (V != Variant::kLoss) {
+      row_scale = &ctx->input(6);
+      spec.row_scale = arg_info(*row_scale, V == Variant::kReduced);
     }
-    if (weight_mode_ == WeightMode::kClass) {
-      OP_REQUIRES(ctx, weights.dims() == 1 && weights.dim_size(0) == c,
-                  errors::InvalidArgument("class_weight must have shape [", c, "], got shape ",
-                                          weights.shape().DebugString()));
-    } else if (weight_mode_ == WeightMode::kCost) {
-      OP_REQUIRES(ctx, weights.dims() == 2 && weights.dim_size(0) == c && weights.dim_size(1) == c,
-                  errors::InvalidArgument("cost_matrix must have shape [", c, ", ", c,
-                                          "] (C x C, M[true, predicted]), got shape ",
-                                          weights.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, tf_status(validate_softmax(&spec)));
+    if (Launch<Device>::kHostMemory && check_weights_ && spec.weights.present) {
+      OP_REQUIRES_OK(ctx, tf_status(validate_softmax_weights(spec, weights.flat<A>().data(),
+                                                             weights.NumElements())));
     }
-    // The Python layer checks constant weights once, when a loss is traced; this check
-    // catches tensors fed at run time. A cost matrix much larger than the logits (C = 10^4:
-    // 400 MB against a batch's few rows) is not rescanned on every call.
-    if (Launch<Device>::kHostWeights && weight_mode_ != WeightMode::kNone &&
-        weights.NumElements() <= kMaxWeightsScannedPerCall) {
-      OP_REQUIRES(ctx, all_finite<A>(weights),
-                  errors::InvalidArgument(weight_mode_ == WeightMode::kClass ? "class_weight"
-                                                                             : "cost_matrix",
-                                          " must be finite, got a NaN or infinite value"));
-    }
-
-    Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &loss));
-    Tensor* backprop = nullptr;
-    if (compute_backprop_) {
-      OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 1, logits.shape(), &backprop));
-    } else {
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &backprop));
-    }
-    if (n == 0) return;
 
     using CT = typename CoreType<T>::type;
     SoftmaxProblem<CT, A> p;
-    p.n = n;
-    p.c = c;
+    p.n = spec.n;
+    p.c = spec.c;
     p.logits = core_ptr(logits.flat<T>().data());
-    if (labels.dtype() == tensorflow::DT_INT32) {
-      p.labels32 = labels.flat<int32_t>().data();
-    } else if (labels.dtype() == tensorflow::DT_INT64) {
-      p.labels64 = reinterpret_cast<const int64_t*>(labels.flat<tensorflow::int64>().data());
-    } else {
+    if (!spec.sparse) {
       p.dense = core_ptr(labels.flat<T>().data());
+    } else if (labels.dtype() == ::tensorflow::DT_INT32) {
+      p.labels32 = labels.flat<int32_t>().data();
+    } else {
+      p.labels64 = reinterpret_cast<const int64_t*>(labels.flat<::tensorflow::int64>().data());
     }
-    p.loss_kind = expected_cost_ ? SoftmaxLoss::kExpectedCost : SoftmaxLoss::kCrossEntropy;
-    p.weight_mode = weight_mode_;
-    p.weights = weight_mode_ == WeightMode::kNone ? nullptr : weights.flat<A>().data();
-    p.label_smoothing = static_cast<A>(options.label_smoothing);
-    p.focal_gamma = static_cast<A>(options.focal_gamma);
-    p.ce_weight = static_cast<A>(options.ce_weight);
-    p.has_ignore_class = has_ignore_class_;
-    p.ignore_class = ignore_class_;
-    p.loss = loss->flat<A>().data();
-    p.backprop = compute_backprop_ ? core_ptr(backprop->flat<T>().data()) : nullptr;
-    Launch<Device>::softmax(ctx, p);
+    p.loss_kind = spec.loss_kind;
+    p.weight_mode = spec.weight_mode;
+    p.weights = spec.weights.present ? weights.flat<A>().data() : nullptr;
+    p.label_smoothing = static_cast<A>(spec.label_smoothing);
+    p.focal_gamma = static_cast<A>(spec.focal_gamma);
+    p.ce_weight = static_cast<A>(spec.ce_weight);
+    p.has_ignore_class = spec.has_ignore_class;
+    p.ignore_class = spec.ignore_class;
+    if (row_scale != nullptr && spec.row_scale.present) p.row_scale = row_scale->flat<A>().data();
+
+    if (V == Variant::kLoss) {
+      Tensor* loss = nullptr;
+      TensorShape lead = logits.shape();
+      lead.RemoveLastDims(1);
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, lead, &loss));
+      p.loss = loss->flat<A>().data();
+      run(ctx, spec, p);
+      return;
+    }
+
+    const int backprop_index = V == Variant::kGrad ? 0 : 1;
+    Tensor* backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, backprop_index,
+                                                              logits.shape(), &backprop));
+    p.backprop = core_ptr(backprop->flat<T>().data());
+    if (V == Variant::kGrad) {
+      run(ctx, spec, p);
+      return;
+    }
+
+    double scale = 1;
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
+    DivisorInput<A> d;
+    d.reduction = spec.reduction;
+    d.n = p.n;
+    if (spec.reduction == Reduction::kMeanWithSampleWeight) d.sample_weight = p.row_scale;
+    d.labels32 = p.labels32;
+    d.labels64 = p.labels64;
+    d.has_ignore_class = p.has_ignore_class;
+    d.ignore_class = p.ignore_class;
+    const double divisor = Launch<Device>::divisor(ctx, d);
+    if (!ctx->status().ok()) return;
+    // A zero divisor (every row ignored or weighted 0) gives 0, as Keras' divide_no_nan.
+    p.scale = static_cast<A>(divisor == 0 ? 0.0 : scale / divisor);
+    Tensor block_sums;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
+                                           TensorShape({std::max<int64_t>(1, block_count(p.n))}),
+                                           &block_sums));
+    p.block_sums = block_sums.flat<double>().data();
+    if (!run(ctx, spec, p)) return;
+    Launch<Device>::sum_blocks(ctx, p.block_sums, p.n == 0 ? 0 : block_count(p.n),
+                               loss->flat<A>().data());
   }
 
  private:
-  bool expected_cost_ = false;
-  WeightMode weight_mode_ = WeightMode::kNone;
-  bool has_ignore_class_ = false;
-  int64_t ignore_class_ = 0;
-  bool compute_backprop_ = true;
+  // Runs the problem; false (with the error set) on an invalid label or launch failure.
+  template <typename CT>
+  bool run(OpKernelContext* ctx, const SoftmaxSpec& spec, const SoftmaxProblem<CT, A>& p) {
+    if (p.n == 0) return true;
+    const int64_t bad = Launch<Device>::softmax(ctx, p);
+    if (!ctx->status().ok()) return false;
+    if (bad >= 0) {
+      ctx->SetStatus(
+          errors::InvalidArgument(invalid_label_message(spec, bad, label_at(p, bad))));
+      return false;
+    }
+    return true;
+  }
+
+  SoftmaxSpec spec_;
+  bool check_weights_ = true;
 };
 
-template <typename Device, typename A>
-void check_binary_weight(OpKernelContext* ctx, const Tensor& w, int64_t c, const char* name) {
-  const int64_t size = w.NumElements();
-  OP_REQUIRES(ctx, w.dims() <= 1 && (size == 0 || size == 1 || size == c),
-              errors::InvalidArgument(name, " must be a scalar or have shape [", c,
-                                      "] (one per class), got shape ", w.shape().DebugString()));
-  if (Launch<Device>::kHostWeights) {
-    OP_REQUIRES(ctx, all_finite<A>(w),
-                errors::InvalidArgument(name, " must be finite, got a NaN or infinite value"));
-  }
-}
+// ---------------------------------------------------------------------------------------
+// Sigmoid loss.
 
-template <typename Device, typename T, typename A>
+template <typename Device, typename T, typename A, Variant V>
 class SigmoidLossOp : public OpKernel {
  public:
   explicit SigmoidLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_backprop", &compute_backprop_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("check_weights", &check_weights_));
+    if (V == Variant::kReduced) {
+      std::string reduction;
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("reduction", &reduction));
+      reduction_ = parse_reduction(reduction);
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -233,52 +300,109 @@ class SigmoidLossOp : public OpKernel {
     const Tensor& labels = ctx->input(1);
     const Tensor& pos_weight = ctx->input(2);
     const Tensor& neg_weight = ctx->input(3);
-    LossOptions options;
-    OP_REQUIRES_OK(ctx, read_options(ctx->input(4), &options));
-    OP_REQUIRES(ctx, logits.dims() == 2,
-                errors::InvalidArgument("logits must be 2-D [N, C], got shape ",
-                                        logits.shape().DebugString()));
-    OP_REQUIRES(ctx, labels.shape() == logits.shape(),
-                errors::InvalidArgument("labels must have the logits' shape ",
-                                        logits.shape().DebugString(), ", got ",
-                                        labels.shape().DebugString()));
-    const int64_t n = logits.dim_size(0);
-    const int64_t c = logits.dim_size(1);
-    check_binary_weight<Device, A>(ctx, pos_weight, c, "pos_weight");
-    if (!ctx->status().ok()) return;
-    check_binary_weight<Device, A>(ctx, neg_weight, c, "neg_weight");
-    if (!ctx->status().ok()) return;
-
-    Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &loss));
-    Tensor* backprop = nullptr;
-    if (compute_backprop_) {
-      OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 1, logits.shape(), &backprop));
-    } else {
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &backprop));
+    SigmoidSpec spec;
+    spec.logits = arg_info(logits);
+    spec.labels = arg_info(labels);
+    spec.pos_weight = arg_info(pos_weight, true);
+    spec.neg_weight = arg_info(neg_weight, true);
+    spec.reduction = reduction_;
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 4, "label_smoothing", &spec.label_smoothing));
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 5, "focal_gamma", &spec.focal_gamma));
+    const Tensor* extra = V == Variant::kLoss ? nullptr : &ctx->input(6);
+    if (V == Variant::kGrad) spec.element_scale = arg_info(*extra);
+    if (V == Variant::kReduced) spec.row_scale = arg_info(*extra, true);
+    OP_REQUIRES_OK(ctx, tf_status(validate_sigmoid(&spec)));
+    if (Launch<Device>::kHostMemory && check_weights_) {
+      if (spec.pos_weight.present)
+        OP_REQUIRES_OK(ctx, tf_status(validate_sigmoid_weight(
+                                "pos_weight", pos_weight.flat<A>().data(),
+                                pos_weight.NumElements())));
+      if (spec.neg_weight.present)
+        OP_REQUIRES_OK(ctx, tf_status(validate_sigmoid_weight(
+                                "neg_weight", neg_weight.flat<A>().data(),
+                                neg_weight.NumElements())));
     }
-    if (n * c == 0) return;
 
     using CT = typename CoreType<T>::type;
     SigmoidProblem<CT, A> p;
-    p.n = n;
-    p.c = c;
+    p.n = spec.n;
+    p.c = spec.c;
     p.logits = core_ptr(logits.flat<T>().data());
     p.labels = core_ptr(labels.flat<T>().data());
-    p.pos_weight = pos_weight.NumElements() > 0 ? pos_weight.flat<A>().data() : nullptr;
-    p.pos_weight_size = pos_weight.NumElements();
-    p.neg_weight = neg_weight.NumElements() > 0 ? neg_weight.flat<A>().data() : nullptr;
-    p.neg_weight_size = neg_weight.NumElements();
-    p.label_smoothing = static_cast<A>(options.label_smoothing);
-    p.focal_gamma = static_cast<A>(options.focal_gamma);
-    p.loss = loss->flat<A>().data();
-    p.backprop = compute_backprop_ ? core_ptr(backprop->flat<T>().data()) : nullptr;
-    Launch<Device>::sigmoid(ctx, p);
+    if (spec.pos_weight.present) {
+      p.pos_weight = pos_weight.flat<A>().data();
+      p.pos_weight_size = pos_weight.NumElements();
+    }
+    if (spec.neg_weight.present) {
+      p.neg_weight = neg_weight.flat<A>().data();
+      p.neg_weight_size = neg_weight.NumElements();
+    }
+    p.label_smoothing = static_cast<A>(spec.label_smoothing);
+    p.focal_gamma = static_cast<A>(spec.focal_gamma);
+
+    if (V == Variant::kLoss) {
+      Tensor* loss = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &loss));
+      p.loss = loss->flat<A>().data();
+      run(ctx, spec, p);
+      return;
+    }
+    const int backprop_index = V == Variant::kGrad ? 0 : 1;
+    Tensor* backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, backprop_index,
+                                                              logits.shape(), &backprop));
+    p.backprop = core_ptr(backprop->flat<T>().data());
+    if (V == Variant::kGrad) {
+      p.element_scale = extra->flat<A>().data();
+      run(ctx, spec, p);
+      return;
+    }
+
+    double scale = 1;
+    OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
+    if (spec.row_scale.present) p.row_scale = extra->flat<A>().data();
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
+    DivisorInput<A> d;
+    d.reduction = reduction_;
+    d.n = p.n;
+    if (reduction_ == Reduction::kMeanWithSampleWeight) d.sample_weight = p.row_scale;
+    const double divisor = Launch<Device>::divisor(ctx, d);
+    if (!ctx->status().ok()) return;
+    // The per-row loss is the mean over the last axis; a zero divisor gives 0.
+    p.scale = static_cast<A>(divisor == 0 || p.c == 0
+                                 ? 0.0
+                                 : scale / (divisor * static_cast<double>(p.c)));
+    Tensor block_sums;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
+                                           TensorShape({std::max<int64_t>(1, block_count(p.n))}),
+                                           &block_sums));
+    p.block_sums = block_sums.flat<double>().data();
+    if (!run(ctx, spec, p)) return;
+    Launch<Device>::sum_blocks(ctx, p.block_sums, p.n * p.c == 0 ? 0 : block_count(p.n),
+                               loss->flat<A>().data());
   }
 
  private:
-  bool compute_backprop_ = true;
+  template <typename CT>
+  bool run(OpKernelContext* ctx, const SigmoidSpec& spec, const SigmoidProblem<CT, A>& p) {
+    if (p.n * p.c == 0) return true;
+    const int64_t bad = Launch<Device>::sigmoid(ctx, p);
+    if (!ctx->status().ok()) return false;
+    if (bad >= 0) {
+      ctx->SetStatus(errors::InvalidArgument(
+          invalid_sigmoid_label_message(spec, bad, static_cast<double>(to_acc(p.labels[bad])))));
+      return false;
+    }
+    return true;
+  }
+
+  Reduction reduction_ = Reduction::kNone;
+  bool check_weights_ = true;
 };
+
+// ---------------------------------------------------------------------------------------
+// The reduced losses' backward: backprop * upstream scalar, in place.
 
 template <typename Device, typename T, typename A>
 class ScaleGradientOp : public OpKernel {
@@ -288,41 +412,47 @@ class ScaleGradientOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& backprop = ctx->input(0);
     const Tensor& scale = ctx->input(1);
-    OP_REQUIRES(ctx, backprop.dims() == 2,
-                errors::InvalidArgument("backprop must be 2-D [N, C], got shape ",
-                                        backprop.shape().DebugString()));
-    const int64_t n = backprop.dim_size(0);
-    const int64_t c = backprop.dim_size(1);
-    const bool per_row = scale.dims() == 1 && scale.dim_size(0) == n;
-    OP_REQUIRES(ctx, per_row || scale.shape() == backprop.shape(),
-                errors::InvalidArgument("scale must have shape [", n, "] or ",
-                                        backprop.shape().DebugString(), ", got ",
+    OP_REQUIRES(ctx, scale.dims() == 0,
+                errors::InvalidArgument("scale must be a scalar (the upstream gradient of a "
+                                        "reduced loss), got shape ",
                                         scale.shape().DebugString()));
+    // Keras differentiates the summed loss, so the upstream scalar is usually exactly 1: then
+    // the output is the input buffer itself. Device memory cannot be read here without a
+    // sync, so there the kernel makes the same decision.
+    if (Launch<Device>::kHostMemory && scale.scalar<A>()() == A(1)) {
+      ctx->set_output(0, backprop);
+      return;
+    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, backprop.shape(), &out));
-    if (n * c == 0) return;
+    if (backprop.NumElements() == 0) return;
     Launch<Device>::scale(ctx, core_ptr(backprop.flat<T>().data()), scale.flat<A>().data(),
-                          core_ptr(out->flat<T>().data()), n, c, per_row);
+                          core_ptr(out->flat<T>().data()), backprop.NumElements());
   }
 };
 
-#define COSTXENT_REGISTER_KERNELS(DEVICE_NAME, DEVICE, T, A)                           \
-  REGISTER_KERNEL_BUILDER(Name("CostxentSoftmaxLoss")                                 \
-                              .Device(DEVICE_NAME)                                    \
-                              .TypeConstraint<T>("T")                                 \
-                              .TypeConstraint<A>("A")                                 \
-                              .HostMemory("options"),                                 \
-                          ::costxent::tf_kernels::SoftmaxLossOp<DEVICE, T, A>);       \
-  REGISTER_KERNEL_BUILDER(Name("CostxentSigmoidLoss")                                 \
-                              .Device(DEVICE_NAME)                                    \
-                              .TypeConstraint<T>("T")                                 \
-                              .TypeConstraint<A>("A")                                 \
-                              .HostMemory("options"),                                 \
-                          ::costxent::tf_kernels::SigmoidLossOp<DEVICE, T, A>);       \
-  REGISTER_KERNEL_BUILDER(Name("CostxentScaleGradient")                               \
-                              .Device(DEVICE_NAME)                                    \
-                              .TypeConstraint<T>("T")                                 \
-                              .TypeConstraint<A>("A"),                                \
+#define COSTXENT_REGISTER_VARIANTS(OP, KERNEL, DEVICE_NAME, DEVICE, T, A, ...)            \
+  REGISTER_KERNEL_BUILDER(Name(OP).Device(DEVICE_NAME).TypeConstraint<T>("T")             \
+                              .TypeConstraint<A>("A") __VA_ARGS__,                        \
+                          KERNEL<DEVICE, T, A, ::costxent::tf_kernels::Variant::kLoss>);  \
+  REGISTER_KERNEL_BUILDER(Name(OP "Grad").Device(DEVICE_NAME).TypeConstraint<T>("T")      \
+                              .TypeConstraint<A>("A") __VA_ARGS__,                        \
+                          KERNEL<DEVICE, T, A, ::costxent::tf_kernels::Variant::kGrad>);  \
+  REGISTER_KERNEL_BUILDER(Name(OP "Reduced").Device(DEVICE_NAME).TypeConstraint<T>("T")   \
+                              .TypeConstraint<A>("A") __VA_ARGS__.HostMemory("scale"),    \
+                          KERNEL<DEVICE, T, A, ::costxent::tf_kernels::Variant::kReduced>);
+
+#define COSTXENT_REGISTER_KERNELS(DEVICE_NAME, DEVICE, T, A)                                \
+  COSTXENT_REGISTER_VARIANTS("CostxentSoftmaxLoss", ::costxent::tf_kernels::SoftmaxLossOp,  \
+                             DEVICE_NAME, DEVICE, T, A, .HostMemory("label_smoothing")      \
+                                 .HostMemory("focal_gamma").HostMemory("ce_weight"))        \
+  COSTXENT_REGISTER_VARIANTS("CostxentSigmoidLoss", ::costxent::tf_kernels::SigmoidLossOp,  \
+                             DEVICE_NAME, DEVICE, T, A, .HostMemory("label_smoothing")      \
+                                 .HostMemory("focal_gamma"))                                \
+  REGISTER_KERNEL_BUILDER(Name("CostxentScaleGradient")                                     \
+                              .Device(DEVICE_NAME)                                          \
+                              .TypeConstraint<T>("T")                                       \
+                              .TypeConstraint<A>("A"),                                      \
                           ::costxent::tf_kernels::ScaleGradientOp<DEVICE, T, A>);
 
 #define COSTXENT_REGISTER_ALL_TYPES(DEVICE_NAME, DEVICE)               \

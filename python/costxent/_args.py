@@ -1,7 +1,10 @@
 """Argument checking and normalisation shared by ``costxent.ops`` and ``costxent.reference``.
 
-Both paths see exactly the same validated, flattened inputs, so they raise the same errors
-and differ only in how they compute.
+This is the Python layer's one validation: both paths receive the same validated inputs
+(a ``SoftmaxInputs`` / ``SigmoidInputs``), so they raise the same errors and differ only in how
+they compute. What cannot be known while tracing (leading shapes under dynamic shapes, label
+ranges, values of weights fed as tensors) is checked at run time by the fused op through the
+C++ validation in ``cc/core/spec.cc``, or by ``runtime_checks`` on the reference path.
 """
 
 from __future__ import annotations
@@ -14,18 +17,36 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-WeightLike = Union[None, Sequence[float], Mapping[int, float], np.ndarray, tf.Tensor]
-
 _LOGIT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftmaxInputs:
-    """Validated inputs of a softmax loss, flattened to rows.
+class CheckedWeights:
+    """Weights whose values were validated once (finite; >= 0 where they multiply a
+    cross-entropy), e.g. when a Keras loss was built. ``values`` is a read-only float64 array;
+    the shape is still checked against C at every call, the values never again."""
 
-    logits: [N, C] in the caller's dtype. labels: sparse [N] int32/int64, or dense [N, C]
-    in the logits' dtype. weights: [C] class weights or [C, C] cost matrix in the
-    accumulation dtype, or None. batch_shape: the leading shape to restore on the loss.
+    name: str
+    values: np.ndarray
+
+    def tolist(self) -> list:
+        """The values as nested Python floats (for ``get_config``)."""
+        return self.values.tolist()
+
+
+WeightLike = Union[
+    None, Sequence[float], Mapping[int, float], np.ndarray, tf.Tensor, CheckedWeights
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxInputs:
+    """Validated inputs of a softmax loss.
+
+    logits: ``[..., C]`` in the caller's dtype. labels: sparse ``[...]`` int32/int64, or dense
+    ``[..., C]`` in the logits' dtype. weights: ``[C]`` class weights or ``[C, C]`` cost
+    matrix in the accumulation dtype, or None. weights_checked: their values are known to be
+    valid (constants checked here), so the op need not scan them again.
     """
 
     logits: tf.Tensor
@@ -33,41 +54,46 @@ class SoftmaxInputs:
     sparse: bool
     num_classes: int
     acc_dtype: tf.DType
-    weight_mode: str
+    loss_kind: str
     weights: Optional[tf.Tensor]
+    weights_checked: bool
     label_smoothing: float
     focal_gamma: float
     ce_weight: float
     ignore_class: Optional[int]
-    batch_shape: tf.Tensor
-    static_batch_shape: tf.TensorShape
 
-    def restore(self, per_row: tf.Tensor) -> tf.Tensor:
-        """Reshape a per-row [N] result back to the logits' leading shape."""
-        out = tf.reshape(per_row, self.batch_shape)
-        out.set_shape(self.static_batch_shape)
-        return out
+    @property
+    def weight_mode(self) -> str:
+        """'none', 'class' or 'cost', from the weights' rank (as the C++ spec derives it)."""
+        if self.weights is None:
+            return "none"
+        return "class" if self.weights.shape.rank == 1 else "cost"
+
+    @property
+    def differentiable_extras(self) -> list:
+        """Float tensors besides the logits that a tape could watch."""
+        extras = [] if self.sparse else [self.labels]
+        return extras + ([self.weights] if self.weights is not None else [])
 
 
 @dataclasses.dataclass(frozen=True)
 class SigmoidInputs:
-    """Validated inputs of the sigmoid loss, flattened to [N, C] with weights as [0|1|C]."""
+    """Validated inputs of the sigmoid loss: logits and labels ``[..., C]``; weights ``[0]``
+    (all ones), ``[1]`` (broadcast) or ``[C]``."""
 
     logits: tf.Tensor
     labels: tf.Tensor
     acc_dtype: tf.DType
     pos_weight: tf.Tensor
     neg_weight: tf.Tensor
+    weights_checked: bool
     label_smoothing: float
     focal_gamma: float
-    shape: tf.Tensor
-    static_shape: tf.TensorShape
 
-    def restore(self, per_element: tf.Tensor) -> tf.Tensor:
-        """Reshape an [N, C] result back to the logits' shape."""
-        out = tf.reshape(per_element, self.shape)
-        out.set_shape(self.static_shape)
-        return out
+    @property
+    def differentiable_extras(self) -> list:
+        """Float tensors besides the logits that a tape could watch."""
+        return [self.labels, self.pos_weight, self.neg_weight]
 
 
 def accumulation_dtype(dtype: tf.DType) -> tf.DType:
@@ -75,17 +101,27 @@ def accumulation_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
+def _dense_tensor(name: str, value: Any) -> tf.Tensor:
+    if isinstance(value, tf.RaggedTensor):
+        raise TypeError(
+            f"{name} is a tf.RaggedTensor; costxent.ops takes dense tensors: pass "
+            f"{name}.flat_values (with labels.flat_values) and rebuild the result with "
+            f"{name}.with_flat_values(...), or call {name}.to_tensor()"
+        )
+    if isinstance(value, tf.SparseTensor):
+        raise TypeError(f"{name} is a tf.SparseTensor; pass tf.sparse.to_dense({name})")
+    return tf.convert_to_tensor(value)
+
+
 def _logits(logits: Any) -> tf.Tensor:
-    logits = tf.convert_to_tensor(logits)
+    logits = _dense_tensor("logits", logits)
     if logits.dtype not in _LOGIT_DTYPES:
         raise TypeError(
             "logits must be float16, bfloat16, float32 or float64, got dtype "
             f"{logits.dtype.name}"
         )
     if logits.shape.rank is None or logits.shape.rank < 1:
-        raise ValueError(
-            f"logits must have a class axis (rank >= 1), got shape {logits.shape}"
-        )
+        raise ValueError(f"logits must have a class axis (rank >= 1), got shape {logits.shape}")
     return logits
 
 
@@ -101,9 +137,7 @@ def _scalar(name: str, value: Any, low: float, high: float = math.inf) -> float:
 def _num_classes(logits: tf.Tensor, minimum: int) -> int:
     c = logits.shape[-1]
     if c is None:
-        raise ValueError(
-            f"logits must have a statically known class axis, got shape {logits.shape}"
-        )
+        raise ValueError(f"logits must have a statically known class axis, got shape {logits.shape}")
     if c < minimum:
         raise ValueError(
             f"logits must have at least {minimum} classes on the last axis, got shape "
@@ -112,54 +146,93 @@ def _num_classes(logits: tf.Tensor, minimum: int) -> int:
     return int(c)
 
 
-def _check_finite(name: str, values: np.ndarray) -> None:
-    if not np.all(np.isfinite(values)):
-        bad = np.argwhere(~np.isfinite(values))[0]
+def check_weight_values(name: str, values: np.ndarray, nonnegative: bool) -> None:
+    """Finite, and >= 0 when the weight multiplies a cross-entropy (DESIGN 2.4)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be finite, got {values[index]} at index {index}")
+    if nonnegative and (values < 0).any():
+        index = tuple(int(i) for i in np.argwhere(values < 0)[0])
         raise ValueError(
-            f"{name} must be finite, got {values[tuple(bad)]} at index {tuple(int(i) for i in bad)}"
+            f"{name} must be >= 0 (a negative weight turns the loss into gradient ascent), "
+            f"got {values[index]} at index {index}"
         )
 
 
+def _class_key(key: Any) -> int:
+    """A class id from a ``class_weight`` key: an int, or its string (JSON's form of it)."""
+    if isinstance(key, str) and key.lstrip("-").isdigit():
+        return int(key)
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return int(key)
+    raise ValueError(f"class_weight keys must be integer class ids, got key {key!r}")
+
+
+def class_weight_vector(class_weight: Mapping, num_classes: int) -> np.ndarray:
+    """A ``{class: weight}`` dict as a length-C vector (missing classes weigh 1.0, as Keras)."""
+    vector = np.ones(num_classes)
+    for key, weight in class_weight.items():
+        key = _class_key(key)
+        if not 0 <= key < num_classes:
+            raise ValueError(
+                f"class_weight has key {key!r}, outside the valid class range [0, {num_classes})"
+            )
+        vector[int(key)] = float(weight)
+    return vector
+
+
+def checked_weights(name: str, value: Any, nonnegative: bool) -> Any:
+    """Validate constant weights once, for reuse on every call: arrays become a
+    ``CheckedWeights``; a ``{class: weight}`` dict keeps its form with int keys (its vector
+    depends on C, known only at a call, and costs C values to rebuild)."""
+    if value is None or isinstance(value, (CheckedWeights, tf.Tensor, tf.Variable)):
+        return value
+    if isinstance(value, Mapping):
+        keyed = {_class_key(k): float(v) for k, v in value.items()}
+        check_weight_values(name, np.array(list(keyed.values()), np.float64), nonnegative)
+        return keyed
+    array = np.array(value, dtype=np.float64)
+    check_weight_values(name, array, nonnegative)
+    array.setflags(write=False)
+    return CheckedWeights(name, array)
+
+
 def _weight_tensor(
-    name: str, value: Any, expected_shape: tuple, dtype: tf.DType
-) -> tf.Tensor:
-    """A constant or tensor weight of an exact shape, checked for finiteness when constant."""
+    name: str, value: Any, expected_shape: tuple, dtype: tf.DType, nonnegative: bool
+) -> tuple[tf.Tensor, bool]:
+    """(tensor of an exact shape, whether its values are already validated)."""
     if isinstance(value, (tf.Tensor, tf.Variable)):
         tensor = tf.cast(value, dtype)
         if not tensor.shape.is_compatible_with(expected_shape):
             raise ValueError(
                 f"{name} must have shape {list(expected_shape)}, got shape {tensor.shape}"
             )
-        if tf.executing_eagerly():
-            _check_finite(name, tensor.numpy())
-        return tf.ensure_shape(tensor, expected_shape)
-    array = np.asarray(value, dtype=np.float64)
+        return tf.ensure_shape(tensor, expected_shape), False
+    if isinstance(value, CheckedWeights):
+        array = value.values
+    else:
+        array = np.asarray(value, dtype=np.float64)
     if array.shape != expected_shape:
         raise ValueError(
             f"{name} must have shape {list(expected_shape)}, got shape {list(array.shape)}"
         )
-    _check_finite(name, array)
-    return tf.constant(array, dtype=dtype)
+    if not isinstance(value, CheckedWeights):
+        check_weight_values(name, array, nonnegative)
+    return tf.constant(array, dtype=dtype), True
 
 
-def class_weight_vector(class_weight: Any, num_classes: int) -> Any:
-    """A {class: weight} dict becomes a length-C list (missing classes weigh 1.0, as in Keras)."""
-    if not isinstance(class_weight, Mapping):
-        return class_weight
-    vector = [1.0] * num_classes
-    for key, weight in class_weight.items():
-        cls = int(key)
-        if not 0 <= cls < num_classes:
-            raise ValueError(
-                f"class_weight has key {key!r}, outside the valid class range [0, {num_classes})"
-            )
-        vector[cls] = float(weight)
-    return vector
+def labels_by_shape(
+    labels: Any, logits: tf.Tensor, num_classes: int, strict_ids: bool = True
+) -> tuple[tf.Tensor, bool]:
+    """(labels, sparse): sparse ids squeezed to ``logits.shape[:-1]``, or dense rows.
 
-
-def _labels(labels: Any, logits: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, bool]:
-    """Sparse or dense by shape (Keras casts integer labels to float, so never by dtype)."""
-    labels = tf.convert_to_tensor(labels)
+    Sparse or dense is decided by shape (Keras casts integer labels to float, so never by
+    dtype). With ``strict_ids`` float class ids must be whole numbers (a NaN or 1.5 is an
+    error, never a cast); without, they are truncated (metrics, which turn bad rows into NaN
+    instead of asserting, so that they behave the same under XLA).
+    """
+    labels = _dense_tensor("labels", labels)
     rank = logits.shape.rank
     lead = logits.shape[:-1]
     shape = labels.shape
@@ -179,15 +252,34 @@ def _labels(labels: Any, logits: tf.Tensor, num_classes: int) -> tuple[tf.Tensor
         raise ValueError(
             f"labels' leading shape {labels.shape[: rank - 1]} does not match logits' {lead}"
         )
-    if sparse:
-        if labels.dtype not in (tf.int32, tf.int64):
-            if not (labels.dtype.is_integer or labels.dtype.is_floating):
-                raise TypeError(f"sparse labels must be integers, got dtype {labels.dtype.name}")
-            labels = tf.cast(labels, tf.int64)
-        return tf.reshape(labels, [-1]), True
-    if not (labels.dtype.is_floating or labels.dtype.is_integer or labels.dtype == tf.bool):
-        raise TypeError(f"dense labels must be numeric, got dtype {labels.dtype.name}")
-    return tf.reshape(tf.cast(labels, logits.dtype), [-1, num_classes]), False
+    if not sparse:
+        if not (labels.dtype.is_floating or labels.dtype.is_integer or labels.dtype == tf.bool):
+            raise TypeError(f"dense labels must be numeric, got dtype {labels.dtype.name}")
+        return tf.cast(labels, logits.dtype), False
+    if labels.dtype in (tf.int32, tf.int64):
+        return labels, True
+    if labels.dtype.is_integer:
+        return tf.cast(labels, tf.int64), True
+    if not labels.dtype.is_floating:
+        raise TypeError(f"sparse labels must be integers, got dtype {labels.dtype.name}")
+    return (_float_class_ids(labels) if strict_ids else tf.cast(labels, tf.int64)), True
+
+
+def _float_class_ids(labels: tf.Tensor) -> tf.Tensor:
+    """int64 ids from float labels, refusing NaN, infinities and fractions by value."""
+    whole = tf.logical_and(tf.math.is_finite(labels), tf.equal(labels, tf.round(labels)))
+    if tf.executing_eagerly():
+        values = labels.numpy()
+        bad = np.argwhere(~whole.numpy())
+        if bad.size:
+            index = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"labels must be whole class ids, got {values[index]} at index {index}"
+            )
+        return tf.cast(labels, tf.int64)
+    check = assert_all(whole, labels, "labels must be whole class ids (no NaN, inf or fraction)")
+    with tf.control_dependencies([check]):
+        return tf.cast(labels, tf.int64)
 
 
 def softmax_inputs(
@@ -202,84 +294,78 @@ def softmax_inputs(
     ignore_class: Optional[int] = None,
     expected_cost: bool = False,
 ) -> SoftmaxInputs:
-    """Validate and flatten the arguments of the softmax losses (DESIGN 2.1, 2.2, 2.4)."""
+    """Validate the arguments of the softmax losses (DESIGN 2.1, 2.2, 2.4)."""
     logits = _logits(logits)
     c = _num_classes(logits, 2)
     acc = accumulation_dtype(logits.dtype)
     label_smoothing = _scalar("label_smoothing", label_smoothing, 0.0, 1.0)
     focal_gamma = _scalar("focal_gamma", focal_gamma, 0.0)
-    ce_weight = _scalar("ce_weight", ce_weight, -math.inf)
+    ce_weight = _scalar("ce_weight", ce_weight, 0.0)
     if ignore_class is not None and (
         not isinstance(ignore_class, numbers.Integral) or isinstance(ignore_class, bool)
     ):
         raise TypeError(f"ignore_class must be an int or None, got {ignore_class!r}")
-    flat_labels, sparse = _labels(labels, logits, c)
+    labels, sparse = labels_by_shape(labels, logits, c)
     if ignore_class is not None and not sparse:
         raise ValueError(
             "ignore_class needs sparse labels (class ids of shape logits.shape[:-1]); got dense "
-            f"labels of shape {tf.convert_to_tensor(labels).shape}"
+            f"labels of shape {labels.shape}"
         )
+    weights, checked = None, True
     if expected_cost:
         if cost_matrix is None:
             raise ValueError("cost_matrix is required for expected_cost, got None")
-        weight_mode = "cost"
+        weights, checked = _weight_tensor("cost_matrix", cost_matrix, (c, c), acc, False)
     elif class_weight is not None and cost_matrix is not None:
         raise ValueError("pass class_weight or cost_matrix, not both")
     elif class_weight is not None:
-        weight_mode = "class"
-    elif cost_matrix is not None:
-        weight_mode = "cost"
-    else:
-        weight_mode = "none"
-    if weight_mode == "class":
-        weights = _weight_tensor(
-            "class_weight", class_weight_vector(class_weight, c), (c,), acc
+        weights, checked = _weight_tensor(
+            "class_weight",
+            class_weight_vector(class_weight, c) if isinstance(class_weight, Mapping)
+            else class_weight,
+            (c,),
+            acc,
+            True,
         )
-    elif weight_mode == "cost":
-        weights = _weight_tensor("cost_matrix", cost_matrix, (c, c), acc)
-    else:
-        weights = None
+    elif cost_matrix is not None:
+        weights, checked = _weight_tensor("cost_matrix", cost_matrix, (c, c), acc, True)
     return SoftmaxInputs(
-        logits=tf.reshape(logits, [-1, c]),
-        labels=flat_labels,
+        logits=logits,
+        labels=labels,
         sparse=sparse,
         num_classes=c,
         acc_dtype=acc,
-        weight_mode=weight_mode,
+        loss_kind="expected_cost" if expected_cost else "cross_entropy",
         weights=weights,
+        weights_checked=checked,
         label_smoothing=label_smoothing,
         focal_gamma=focal_gamma,
         ce_weight=ce_weight,
         ignore_class=None if ignore_class is None else int(ignore_class),
-        batch_shape=tf.shape(logits)[:-1],
-        static_batch_shape=logits.shape[:-1],
     )
 
 
-def _binary_weight(name: str, value: Any, c: int, dtype: tf.DType) -> tf.Tensor:
+def _binary_weight(name: str, value: Any, c: int, dtype: tf.DType) -> tuple[tf.Tensor, bool]:
     """Scalar (-> [1]) or per-class [C] weight; None -> [0] meaning all ones."""
     if value is None:
-        return tf.zeros([0], dtype)
+        return tf.zeros([0], dtype), True
     if isinstance(value, (tf.Tensor, tf.Variable)):
-        shape = tuple(value.shape)
-        expected = (1,) if value.shape.rank == 0 else (c,)
-        if value.shape.rank not in (0, 1) or not value.shape.is_compatible_with(
-            () if value.shape.rank == 0 else (c,)
-        ):
-            raise ValueError(f"{name} must be a scalar or have shape [{c}], got shape {shape}")
-        tensor = tf.reshape(tf.cast(value, dtype), expected)
-        if tf.executing_eagerly():
-            _check_finite(name, tensor.numpy())
-        return tensor
-    array = np.asarray(value, dtype=np.float64)
+        rank = value.shape.rank
+        if rank not in (0, 1) or (rank == 1 and not value.shape.is_compatible_with((c,))):
+            raise ValueError(
+                f"{name} must be a scalar or have shape [{c}], got shape {tuple(value.shape)}"
+            )
+        return tf.reshape(tf.cast(value, dtype), (1,) if rank == 0 else (c,)), False
+    array = value.values if isinstance(value, CheckedWeights) else np.asarray(value, np.float64)
     if array.ndim == 0:
         array = array.reshape(1)
     if array.shape not in ((1,), (c,)):
         raise ValueError(
-            f"{name} must be a scalar or have shape [{c}], got shape {list(np.shape(value))}"
+            f"{name} must be a scalar or have shape [{c}], got shape {list(np.shape(array))}"
         )
-    _check_finite(name, array)
-    return tf.constant(array, dtype=dtype)
+    if not isinstance(value, CheckedWeights):
+        check_weight_values(name, array, nonnegative=True)
+    return tf.constant(array, dtype=dtype), True
 
 
 def sigmoid_inputs(
@@ -291,36 +377,37 @@ def sigmoid_inputs(
     label_smoothing: float = 0.0,
     focal_gamma: float = 0.0,
 ) -> SigmoidInputs:
-    """Validate and flatten the arguments of the sigmoid loss (DESIGN 2.3, 2.4)."""
+    """Validate the arguments of the sigmoid loss (DESIGN 2.3, 2.4)."""
     logits = _logits(logits)
     c = _num_classes(logits, 1)
     acc = accumulation_dtype(logits.dtype)
-    labels = tf.convert_to_tensor(labels)
+    labels = _dense_tensor("labels", labels)
     if not labels.shape.is_compatible_with(logits.shape):
         raise ValueError(f"labels must have the logits' shape {logits.shape}, got {labels.shape}")
     if not (labels.dtype.is_floating or labels.dtype.is_integer or labels.dtype == tf.bool):
         raise TypeError(f"labels must be numeric, got dtype {labels.dtype.name}")
+    pos, pos_checked = _binary_weight("pos_weight", pos_weight, c, acc)
+    neg, neg_checked = _binary_weight("neg_weight", neg_weight, c, acc)
     return SigmoidInputs(
-        logits=tf.reshape(logits, [-1, c]),
-        labels=tf.reshape(tf.cast(labels, logits.dtype), [-1, c]),
+        logits=logits,
+        labels=tf.cast(labels, logits.dtype),
         acc_dtype=acc,
-        pos_weight=_binary_weight("pos_weight", pos_weight, c, acc),
-        neg_weight=_binary_weight("neg_weight", neg_weight, c, acc),
+        pos_weight=pos,
+        neg_weight=neg,
+        weights_checked=pos_checked and neg_checked,
         label_smoothing=_scalar("label_smoothing", label_smoothing, 0.0, 1.0),
         focal_gamma=_scalar("focal_gamma", focal_gamma, 0.0),
-        shape=tf.shape(logits),
-        static_shape=logits.shape,
     )
 
 
-# Weights up to this size are checked for finiteness on every traced call (as the CPU
-# kernel does); a larger cost matrix is only checked when it is a constant.
+# Weights fed as tensors up to this size are checked on every call of the reference path (as
+# the fused CPU op does); a larger one is only checked when it is a constant.
 _MAX_WEIGHTS_CHECKED_PER_CALL = 1 << 22
 
 
-def _assert_in_range(in_range: tf.Tensor, values: tf.Tensor, message: str) -> tf.Operation:
-    """Fails naming the first out-of-range position (flat index) and its value."""
-    flat_ok = tf.reshape(in_range, [-1])
+def assert_all(ok: tf.Tensor, values: tf.Tensor, message: str) -> tf.Operation:
+    """Fails naming the first offending position (flat index) and its value."""
+    flat_ok = tf.reshape(ok, [-1])
     first_bad = tf.where(tf.logical_not(flat_ok))[:1, 0]
     return tf.debugging.Assert(
         tf.reduce_all(flat_ok),
@@ -329,40 +416,57 @@ def _assert_in_range(in_range: tf.Tensor, values: tf.Tensor, message: str) -> tf
     )
 
 
-def weight_checks(inputs: Union[SoftmaxInputs, SigmoidInputs]) -> list:
-    """Finiteness checks of the weights, for weights given as tensors at run time."""
-    if isinstance(inputs, SoftmaxInputs):
-        named = []
-        if inputs.weights is not None:
-            named.append(("class_weight" if inputs.weight_mode == "class" else "cost_matrix",
-                          inputs.weights))
-    else:
-        named = [("pos_weight", inputs.pos_weight), ("neg_weight", inputs.neg_weight)]
+def _leading_shape_check(labels: tf.Tensor, logits: tf.Tensor) -> list:
+    """Labels and logits must agree on the leading shape at run time, not only in size."""
+    lead = logits.shape[:-1]
+    if lead.is_fully_defined() and labels.shape[: lead.rank].is_fully_defined():
+        return []
     return [
-        tf.debugging.assert_all_finite(w, f"{name} must be finite")
-        for name, w in named
-        if w.shape.num_elements() is not None
-        and w.shape.num_elements() <= _MAX_WEIGHTS_CHECKED_PER_CALL
+        tf.debugging.assert_equal(
+            tf.shape(labels)[: lead.rank],
+            tf.shape(logits)[:-1],
+            message="labels' leading shape must equal logits.shape[:-1]",
+        )
     ]
 
 
-def validation_ops(inputs: Union[SoftmaxInputs, SigmoidInputs]) -> list:
-    """Runtime checks for ``validate=True``: label ranges and weight finiteness on any device."""
-    checks = weight_checks(inputs)
+def _weight_value_checks(named: list) -> list:
+    checks = []
+    for name, tensor, nonnegative in named:
+        size = tensor.shape.num_elements()
+        if size is None or size > _MAX_WEIGHTS_CHECKED_PER_CALL:
+            continue
+        checks.append(tf.debugging.assert_all_finite(tensor, f"{name} must be finite"))
+        if nonnegative:
+            checks.append(assert_all(tensor >= 0, tensor, f"{name} must be >= 0"))
+    return checks
+
+
+def runtime_checks(inputs: Union[SoftmaxInputs, SigmoidInputs], validate: bool) -> list:
+    """What the reference path checks when it runs: leading shapes, weights fed as tensors,
+    and with ``validate=True`` the label ranges (on any device)."""
     if isinstance(inputs, SoftmaxInputs):
-        if inputs.sparse:
+        checks = _leading_shape_check(inputs.labels, inputs.logits)
+        if not inputs.weights_checked:
+            checks += _weight_value_checks(
+                [(inputs.weight_mode == "class" and "class_weight" or "cost_matrix",
+                  inputs.weights, inputs.loss_kind == "cross_entropy")]
+            )
+        if validate and inputs.sparse:
             labels = inputs.labels
             in_range = tf.logical_and(labels >= 0, labels < inputs.num_classes)
             if inputs.ignore_class is not None:
                 in_range = tf.logical_or(in_range, tf.equal(labels, inputs.ignore_class))
             checks.append(
-                _assert_in_range(
-                    in_range, labels, f"labels must be class ids in [0, {inputs.num_classes})"
-                )
+                assert_all(in_range, labels, f"labels must be class ids in [0, {inputs.num_classes})")
             )
-    else:
-        y = tf.cast(inputs.labels, inputs.acc_dtype)
-        checks.append(
-            _assert_in_range(tf.logical_and(y >= 0, y <= 1), y, "labels must be in [0, 1]")
+        return checks
+    checks = []
+    if not inputs.weights_checked:
+        checks += _weight_value_checks(
+            [("pos_weight", inputs.pos_weight, True), ("neg_weight", inputs.neg_weight, True)]
         )
+    if validate:
+        y = tf.cast(inputs.labels, inputs.acc_dtype)
+        checks.append(assert_all(tf.logical_and(y >= 0, y <= 1), y, "labels must be in [0, 1]"))
     return checks

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from costxent._args import _check_finite
+from costxent._args import check_weight_values
 
 __all__ = ["binary_threshold", "min_expected_cost"]
 
@@ -46,7 +46,7 @@ def _as_cost_matrix(cost_matrix: Any, num_classes: int | None = None) -> np.ndar
             f"cost_matrix must be {num_classes} x {num_classes} to match the {num_classes} "
             f"classes of the predictions; got shape {m.shape}"
         )
-    _check_finite("cost_matrix", m)
+    check_weight_values("cost_matrix", m, nonnegative=False)
     return m
 
 

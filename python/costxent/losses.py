@@ -21,29 +21,38 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops as kops
-from keras.src.backend import set_keras_mask
-from keras.src.losses.loss import squeeze_or_expand_to_same_rank
 
+from costxent import _args
 from costxent import ops as cx_ops
+from costxent._keras_compat import (
+    get_keras_mask,
+    set_keras_mask,
+    squeeze_or_expand_to_same_rank,
+    standardize_reduction,
+)
 
 __all__ = ["ExpectedCostLoss", "WeightedBinaryCrossentropy", "WeightedCategoricalCrossentropy"]
 
 ClassWeight = Sequence[float] | Mapping[int | str, float]
 
 
-def _plain(value: Any) -> float | list | None:
-    """A scalar, vector or matrix (list, NumPy array, eager tensor) as plain Python floats."""
+def _plain(value: Any) -> Any:
+    """A validated weight as JSON-compatible Python values (for ``get_config``)."""
     if value is None:
         return None
-    return np.asarray(value, dtype=np.float64).tolist()
+    if isinstance(value, Mapping):
+        return {int(k): float(v) for k, v in value.items()}
+    values = value.values if isinstance(value, _args.CheckedWeights) else np.asarray(value)
+    return values.tolist()
 
 
-def _plain_class_weight(class_weight: Any) -> dict[int, float] | list | None:
-    """``{class: weight}`` with int keys (JSON turns them into strings) or a list of floats."""
-    if isinstance(class_weight, Mapping):
-        return {int(k): float(v) for k, v in class_weight.items()}
-    return _plain(class_weight)
+def _public(value: Any) -> Any:
+    """A validated weight as users read it back: a dict, a NumPy array (a copy) or None."""
+    if isinstance(value, _args.CheckedWeights):
+        return value.values.copy()
+    return value
 
 
 def _softmax_logits(y_pred: Any, from_logits: bool) -> Any:
@@ -67,10 +76,25 @@ def _mask_ignored(losses: Any, y_true: Any, ignore_class: int | None) -> Any:
     return losses
 
 
+def _row_weights(sample_weight: Any, lead: tf.TensorShape, dtype: tf.DType) -> Any:
+    """Keras' ``sample_weight`` as one weight per row of the leading shape; None if there is
+    none; ``False`` when only Keras' broadcasting reproduces its meaning (a weight of another
+    shape: ``mean_with_sample_weight`` divides by the weights' own sum, before broadcasting)."""
+    if sample_weight is None:
+        return None
+    weight = tf.cast(tf.convert_to_tensor(sample_weight), dtype)
+    if weight.shape.rank == lead.rank + 1 and weight.shape[-1] == 1:
+        weight = tf.squeeze(weight, axis=-1)
+    if weight.shape.rank != lead.rank or not weight.shape.is_compatible_with(lead):
+        return False
+    return weight
+
+
 class _CostxentLoss(keras.losses.Loss):
-    """Shared plumbing: tensors in, ``_loss`` per example, config from ``_config_keys``."""
+    """Shared plumbing: the fused reduction in ``__call__``, ``_loss`` per example, config."""
 
     _config_keys: tuple[str, ...] = ()
+    _weight_keys: tuple[str, ...] = ()  # stored validated, as "_" + key
 
     def __init__(
         self,
@@ -85,6 +109,42 @@ class _CostxentLoss(keras.losses.Loss):
         self.from_logits = bool(from_logits)
         self.label_smoothing = float(label_smoothing)
 
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """The reduced loss, as ``keras.losses.Loss.__call__`` computes it.
+
+        With a reduction, the fused op applies it in the row pass (the gradient of the scalar
+        is written there too); class ids are not cast to float and back. Per-example losses
+        (``reduction=None``), masked predictions and weights the fused reduction cannot
+        broadcast exactly take Keras' own path over :meth:`call`.
+        """
+        reduction = standardize_reduction(self.reduction)
+        if (
+            reduction in (None, "none")
+            or get_keras_mask(y_pred) is not None
+            or not isinstance(y_pred, (tf.Tensor, tf.Variable, np.ndarray, list, float))
+        ):
+            return super().__call__(y_true, y_pred, sample_weight)
+        reduction = "sum_over_batch_size" if reduction == "mean" else reduction
+        with tf.name_scope(self.name):
+            logits = kops.convert_to_tensor(y_pred, dtype=self.dtype)
+            labels = kops.convert_to_tensor(y_true)
+            loss = self._reduced(labels, logits, sample_weight, reduction)
+            if loss is not None:
+                return tf.cast(loss, self.dtype)
+        return super().__call__(y_true, y_pred, sample_weight)
+
+    def _reduced(self, y_true: Any, y_pred: Any, sample_weight: Any, reduction: str) -> Any:
+        """The fused reduced loss, or None to take Keras' path."""
+        x = self._inputs(y_true, y_pred)
+        lead = x.logits.shape[:-1]
+        if lead.rank is None or lead.rank == 0 or lead.num_elements() == 0:
+            return None  # Keras returns such losses unreduced
+        weights = _row_weights(sample_weight, lead, x.acc_dtype)
+        if weights is False:
+            return None
+        reduce = cx_ops.reduced_softmax if isinstance(x, _args.SoftmaxInputs) else cx_ops.reduced_sigmoid
+        return reduce(x, weights, reduction)
+
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss of shape ``y_pred.shape[:-1]``, before Keras' reduction.
 
@@ -92,16 +152,18 @@ class _CostxentLoss(keras.losses.Loss):
         """
         return self._loss(kops.convert_to_tensor(y_true), kops.convert_to_tensor(y_pred))
 
+    def _inputs(self, y_true: Any, y_pred: Any) -> Any:
+        raise NotImplementedError
+
     def _loss(self, y_true: Any, y_pred: Any) -> Any:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments as JSON-compatible values (weights as plain lists)."""
-        return {
-            **super().get_config(),
-            **{key: getattr(self, key) for key in self._config_keys},
-            "dtype": self.dtype,
-        }
+        config = {key: getattr(self, key) for key in self._config_keys}
+        for key in self._weight_keys:
+            config[key] = _plain(getattr(self, "_" + key))
+        return {**super().get_config(), **config, "dtype": self.dtype}
 
 
 @keras.saving.register_keras_serializable(package="costxent")
@@ -158,6 +220,7 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
         "focal_gamma",
         "ignore_class",
     )
+    _weight_keys = ("class_weight", "cost_matrix")
 
     def __init__(
         self,
@@ -172,21 +235,36 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
         dtype: Any = None,
     ) -> None:
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
-        self.class_weight = _plain_class_weight(class_weight)
-        self.cost_matrix = _plain(cost_matrix)
+        if class_weight is not None and cost_matrix is not None:
+            raise ValueError("pass class_weight or cost_matrix, not both")
+        self._class_weight = _args.checked_weights("class_weight", class_weight, True)
+        self._cost_matrix = _args.checked_weights("cost_matrix", cost_matrix, True)
         self.focal_gamma = float(focal_gamma)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
-        losses = cx_ops.softmax_cross_entropy(
+    @property
+    def class_weight(self) -> Any:
+        """The class weights: a ``{class: weight}`` dict, a NumPy array, or None."""
+        return _public(self._class_weight)
+
+    @property
+    def cost_matrix(self) -> np.ndarray | None:
+        """The cost matrix ``M[true, predicted]`` (a copy), or None."""
+        return _public(self._cost_matrix)
+
+    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SoftmaxInputs:
+        return _args.softmax_inputs(
             y_true,
             _softmax_logits(y_pred, self.from_logits),
-            class_weight=self.class_weight,
-            cost_matrix=self.cost_matrix,
+            class_weight=self._class_weight,
+            cost_matrix=self._cost_matrix,
             label_smoothing=self.label_smoothing,
             focal_gamma=self.focal_gamma,
             ignore_class=self.ignore_class,
         )
+
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+        losses = cx_ops.softmax_loss(self._inputs(y_true, y_pred))
         return _mask_ignored(losses, y_true, self.ignore_class)
 
 
@@ -228,6 +306,7 @@ class ExpectedCostLoss(_CostxentLoss):
     """
 
     _config_keys = ("cost_matrix", "ce_weight", "from_logits", "label_smoothing", "ignore_class")
+    _weight_keys = ("cost_matrix",)
 
     def __init__(
         self,
@@ -241,19 +320,30 @@ class ExpectedCostLoss(_CostxentLoss):
         dtype: Any = None,
     ) -> None:
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
-        self.cost_matrix = _plain(cost_matrix)
+        if cost_matrix is None:
+            raise ValueError("cost_matrix is required for ExpectedCostLoss, got None")
+        self._cost_matrix = _args.checked_weights("cost_matrix", cost_matrix, False)
         self.ce_weight = float(ce_weight)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
-        losses = cx_ops.expected_cost(
+    @property
+    def cost_matrix(self) -> np.ndarray:
+        """The cost matrix ``M[true, predicted]`` (a copy)."""
+        return _public(self._cost_matrix)
+
+    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SoftmaxInputs:
+        return _args.softmax_inputs(
             y_true,
             _softmax_logits(y_pred, self.from_logits),
-            self.cost_matrix,
+            cost_matrix=self._cost_matrix,
             ce_weight=self.ce_weight,
             label_smoothing=self.label_smoothing,
             ignore_class=self.ignore_class,
+            expected_cost=True,
         )
+
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+        losses = cx_ops.softmax_loss(self._inputs(y_true, y_pred))
         return _mask_ignored(losses, y_true, self.ignore_class)
 
 
@@ -295,6 +385,7 @@ class WeightedBinaryCrossentropy(_CostxentLoss):
     """
 
     _config_keys = ("pos_weight", "neg_weight", "from_logits", "label_smoothing", "focal_gamma")
+    _weight_keys = ("pos_weight", "neg_weight")
 
     def __init__(
         self,
@@ -308,12 +399,21 @@ class WeightedBinaryCrossentropy(_CostxentLoss):
         dtype: Any = None,
     ) -> None:
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
-        self.pos_weight = _plain(pos_weight)
-        self.neg_weight = _plain(neg_weight)
+        self._pos_weight = _args.checked_weights("pos_weight", pos_weight, True)
+        self._neg_weight = _args.checked_weights("neg_weight", neg_weight, True)
         self.focal_gamma = float(focal_gamma)
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-element loss averaged over the last axis (as ``keras.losses.BinaryCrossentropy``)."""
+    @property
+    def pos_weight(self) -> np.ndarray | None:
+        """The positive-term weight (scalar or per label) as a NumPy array, or None."""
+        return _public(self._pos_weight)
+
+    @property
+    def neg_weight(self) -> np.ndarray | None:
+        """The negative-term weight (scalar or per label) as a NumPy array, or None."""
+        return _public(self._neg_weight)
+
+    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SigmoidInputs:
         y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         if self.from_logits:
             logits = y_pred
@@ -321,12 +421,15 @@ class WeightedBinaryCrossentropy(_CostxentLoss):
             eps = keras.config.epsilon()
             p = kops.clip(y_pred, eps, 1.0 - eps)
             logits = kops.log(p) - kops.log1p(-p)
-        losses = cx_ops.sigmoid_cross_entropy(
+        return _args.sigmoid_inputs(
             y_true,
             logits,
-            pos_weight=self.pos_weight,
-            neg_weight=self.neg_weight,
+            pos_weight=self._pos_weight,
+            neg_weight=self._neg_weight,
             label_smoothing=self.label_smoothing,
             focal_gamma=self.focal_gamma,
         )
-        return kops.mean(losses, axis=-1)
+
+    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-element loss averaged over the last axis (as ``keras.losses.BinaryCrossentropy``)."""
+        return kops.mean(cx_ops.sigmoid_loss(self._inputs(y_true, y_pred)), axis=-1)

@@ -20,12 +20,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from costxent._args import _labels
+from costxent._args import labels_by_shape
 from costxent.decision import _as_cost_matrix, _first_argmin
 
 __all__ = ["CostWeightedAccuracy", "MisclassificationCost", "Precision", "Recall"]
 
 _DECISIONS = ("argmax", "min_expected_cost")
+
+
+def _flat_labels(y_true: Any, y_pred: tf.Tensor, c: int) -> tuple[tf.Tensor, bool]:
+    """Labels by shape (as the losses), flattened to ids ``[N]`` or rows ``[N, C]``."""
+    labels, sparse = labels_by_shape(y_true, y_pred, c, strict_ids=False)
+    return tf.reshape(labels, [-1] if sparse else [-1, c]), sparse
 
 
 def _row_weights(sample_weight: Any, leading_shape: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -101,7 +107,7 @@ class _ConfusionMatrixMetric(keras.metrics.Metric):
                 f"{self.num_classes} x {self.num_classes} cost_matrix; got {y_pred.shape}"
             )
         c = self.num_classes
-        labels, sparse = _labels(y_true, y_pred, c)
+        labels, sparse = _flat_labels(y_true, y_pred, c)
         scores = tf.reshape(tf.cast(y_pred, self.dtype), [-1, c])
         weight = _row_weights(sample_weight, tf.shape(y_pred)[:-1], self.dtype)
 
@@ -255,7 +261,7 @@ class _FromLogits:
             y_pred = tf.math.sigmoid(y_pred)
         num_classes = y_pred.shape[-1]
         if num_classes is not None and num_classes > 1:
-            labels, sparse = _labels(y_true, y_pred, num_classes)
+            labels, sparse = _flat_labels(y_true, y_pred, num_classes)
             if sparse:
                 one_hot = tf.one_hot(labels, num_classes, dtype=y_pred.dtype)
                 y_true = tf.reshape(one_hot, tf.shape(y_pred))

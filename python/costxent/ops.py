@@ -1,11 +1,23 @@
-"""Functional API: per-example losses computed by the fused kernel, gradient included.
+"""Functional API: losses computed by the fused kernel, gradient included.
 
-Each function validates its arguments once (``costxent._args``), then runs the fused op
-when the op library is loaded and the caller is not being compiled by XLA; otherwise it runs
-``costxent.reference`` (which XLA fuses) and logs one line saying why. The fused op writes
-``d loss / d logits`` in the same pass as the loss; its registered gradient only scales that
-by the incoming gradient. Where no gradient can be taken (no tape recording, e.g. Keras'
-``evaluate``), the loss-only variant skips writing the gradient.
+Each function validates its arguments once (``costxent._args``), then runs the fused op when
+the op library is loaded and the caller is not being compiled by XLA; otherwise it runs
+``costxent.reference`` and logs one line saying why.
+
+Gradients move the logits' bytes as few times as possible (DESIGN 3):
+
+- the per-example functions run a loss-only op forward; their gradient op reads the logits
+  once more and writes ``grad_loss_i * d loss_i / d logits`` once (recomputing is one read
+  and one write less than storing the gradient forward and scaling it backward, and a
+  half-precision gradient is rounded once);
+- the Keras losses call ``reduced_softmax`` / ``reduced_sigmoid``, whose op folds the Keras
+  reduction, ``sample_weight`` and ``ignore_class`` into the row pass and writes the gradient
+  of the scalar loss in that same pass; backward multiplies it by the upstream scalar in
+  place, and not at all when that scalar is 1.
+
+Gradients with respect to labels or weights, and higher-order or forward-mode gradients, are
+taken from the reference (chosen at the call, where TensorFlow says whether a tape could ask
+for them); inside a traced function the fused gradient ops say so in a clear error.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import logging
 from typing import Any, Optional
 
 import tensorflow as tf
+from tensorflow.python import pywrap_tfe
 from tensorflow.python.eager import record
 from tensorflow.python.ops import control_flow_util
 
@@ -23,6 +36,8 @@ from costxent._args import WeightLike
 
 _log = logging.getLogger("costxent")
 _reasons_logged: set[str] = set()
+
+REDUCTIONS = ("sum", "sum_over_batch_size", "mean_with_sample_weight")
 
 
 def _in_xla_context() -> bool:
@@ -50,6 +65,22 @@ def _fallback_reason() -> Optional[str]:
     return None
 
 
+def _gradient_reason(logits: tf.Tensor, extras: list) -> Optional[str]:
+    """Why a gradient a tape could ask for here is one the fused op does not provide."""
+    watchable = [t for t in extras if t is not None and t.dtype.is_floating]
+    if watchable and record.should_record_backprop(watchable):
+        return (
+            "a gradient tape watches the labels or weights, which the fused op does not "
+            "differentiate"
+        )
+    if pywrap_tfe.TFE_Py_TapeSetPossibleGradientTypes([logits]) == 2:
+        return (
+            "a higher-order or forward-mode gradient may be taken here (nested tapes or "
+            "tf.autodiff.ForwardAccumulator); the fused op provides first-order gradients"
+        )
+    return None
+
+
 def implementation() -> str:
     """Which path a call made here would take: "fused-cpu", "fused-gpu" or "reference: <why>"."""
     reason = _fallback_reason()
@@ -58,8 +89,8 @@ def implementation() -> str:
     return "fused-gpu" if _gpu_visible() else "fused-cpu"
 
 
-def _use_reference() -> bool:
-    reason = _fallback_reason()
+def _use_reference(x: Any) -> bool:
+    reason = _fallback_reason() or _gradient_reason(x.logits, x.differentiable_extras)
     if reason is None:
         return False
     if reason not in _reasons_logged:
@@ -72,36 +103,45 @@ def _op_library():
     return _library.load()[0]
 
 
-def _needs_backprop(logits: tf.Tensor) -> bool:
-    """Whether a tape may differentiate this call; graph-mode tf.gradients is still served by
-    the loss-only op's gradient, which recomputes."""
+def _may_differentiate(logits: tf.Tensor) -> bool:
+    """Whether a tape records this call; where none does (Keras' evaluate), a reduced loss
+    is computed by the loss-only op, which writes no gradient."""
     return record.could_possibly_record() and record.should_record_backprop([logits])
 
 
-def _options(label_smoothing: float, focal_gamma: float, ce_weight: float = 0.0) -> tf.Tensor:
-    """The ops' float64 options input (a TF float attr would round them to float32)."""
-    return tf.constant([label_smoothing, focal_gamma, ce_weight], tf.float64)
-
-
 def _checks(x: Any, validate: bool):
-    return tf.control_dependencies(_args.validation_ops(x) if validate else [])
+    return tf.control_dependencies(_args.runtime_checks(x, validate) if validate else [])
 
 
-def _fused_softmax(x: _args.SoftmaxInputs, loss_kind: str, validate: bool) -> tf.Tensor:
+def _softmax_args(x: _args.SoftmaxInputs) -> tuple[list, dict]:
     weights = x.weights if x.weights is not None else tf.zeros([0], x.acc_dtype)
-    with _checks(x, validate):
-        loss, _ = _op_library().costxent_softmax_loss(
-            x.logits,
-            x.labels,
-            weights,
-            _options(x.label_smoothing, x.focal_gamma, x.ce_weight),
-            loss_kind=loss_kind,
-            weight_mode=x.weight_mode if loss_kind == "cross_entropy" else "cost",
-            has_ignore_class=x.ignore_class is not None,
-            ignore_class=x.ignore_class if x.ignore_class is not None else 0,
-            compute_backprop=_needs_backprop(x.logits),
-        )
-    return x.restore(loss)
+    inputs = [
+        x.logits,
+        x.labels,
+        weights,
+        tf.constant(x.label_smoothing, tf.float64),
+        tf.constant(x.focal_gamma, tf.float64),
+        tf.constant(x.ce_weight, tf.float64),
+    ]
+    attrs = dict(
+        loss_kind=x.loss_kind,
+        has_ignore_class=x.ignore_class is not None,
+        ignore_class=x.ignore_class if x.ignore_class is not None else 0,
+        check_weights=not x.weights_checked,
+    )
+    return inputs, attrs
+
+
+def _sigmoid_args(x: _args.SigmoidInputs) -> tuple[list, dict]:
+    inputs = [
+        x.logits,
+        x.labels,
+        x.pos_weight,
+        x.neg_weight,
+        tf.constant(x.label_smoothing, tf.float64),
+        tf.constant(x.focal_gamma, tf.float64),
+    ]
+    return inputs, dict(check_weights=not x.weights_checked)
 
 
 def softmax_cross_entropy(
@@ -122,29 +162,21 @@ def softmax_cross_entropy(
     ``phi(p) = -(1 - p)^gamma log p`` (gamma = ``focal_gamma``), and ``w_i`` = 1,
     ``class_weight[y_i]``, or for a cost matrix ``M[true, predicted]`` the cost of the
     mistake actually made, ``M[y_i, argmax_j logits_ij]`` (never differentiated).
+    Gradient: ``w_i (ts_ij g_ij - p_ij sum_k ts_ik g_ik)`` with ``g = p phi'(p)``
+    (``w_i (p_ij S_i - ts_ij)`` for gamma = 0).
 
     Labels are sparse class ids (shape ``logits.shape[:-1]`` or ``[..., 1]``) or dense
     one-hot / soft rows (shape ``logits.shape``), told apart by shape. ``class_weight`` is a
-    length-C sequence or a ``{class: weight}`` dict (missing classes weigh 1). Rows labelled
-    ``ignore_class`` get loss 0 and no gradient. ``validate=True`` adds runtime checks of
-    label ranges and weights on any device.
+    length-C sequence or a ``{class: weight}`` dict (missing classes weigh 1); weights must
+    be finite and >= 0. Rows labelled ``ignore_class`` get loss 0 and no gradient.
+    ``validate=True`` adds runtime checks of label ranges on any device (the CPU kernel
+    always checks them).
 
     Example: ``M = [[0, 1, 1], [2, 0, 5], [1, 1, 0]]`` makes a true class 1 predicted as
     class 2 cost 5 and predicted as class 0 cost 2.
 
     Returns float32 (float64 for float64 logits) of shape ``logits.shape[:-1]``.
     """
-    if _use_reference():
-        return reference.softmax_cross_entropy(
-            labels,
-            logits,
-            class_weight=class_weight,
-            cost_matrix=cost_matrix,
-            label_smoothing=label_smoothing,
-            focal_gamma=focal_gamma,
-            ignore_class=ignore_class,
-            validate=validate,
-        )
     x = _args.softmax_inputs(
         labels,
         logits,
@@ -154,7 +186,7 @@ def softmax_cross_entropy(
         focal_gamma=focal_gamma,
         ignore_class=ignore_class,
     )
-    return _fused_softmax(x, "cross_entropy", validate)
+    return softmax_loss(x, validate)
 
 
 def expected_cost(
@@ -171,19 +203,9 @@ def expected_cost(
 
     ``loss_i = sum_j c_ij p_ij + ce_weight * CE_i`` with ``c_i = M^T t_i`` (the row
     ``M[y_i, :]`` of the cost matrix ``M[true, predicted]`` for sparse labels) and ``CE_i``
-    the label-smoothed cross-entropy. Negative costs are rewards. Gradient:
-    ``p_ij (c_ij - E_i) + ce_weight (p_ij S_i - ts_ij)``, ``E_i = sum_j c_ij p_ij``.
+    the label-smoothed cross-entropy; ``ce_weight >= 0``. Negative costs are rewards.
+    Gradient: ``p_ij (c_ij - E_i) + ce_weight (p_ij S_i - ts_ij)``, ``E_i = sum_j c_ij p_ij``.
     """
-    if _use_reference():
-        return reference.expected_cost(
-            labels,
-            logits,
-            cost_matrix,
-            ce_weight=ce_weight,
-            label_smoothing=label_smoothing,
-            ignore_class=ignore_class,
-            validate=validate,
-        )
     x = _args.softmax_inputs(
         labels,
         logits,
@@ -193,7 +215,17 @@ def expected_cost(
         ignore_class=ignore_class,
         expected_cost=True,
     )
-    return _fused_softmax(x, "expected_cost", validate)
+    return softmax_loss(x, validate)
+
+
+def softmax_loss(x: _args.SoftmaxInputs, validate: bool = False) -> tf.Tensor:
+    """The per-example loss of validated softmax inputs (either loss kind), fused where
+    possible: what ``softmax_cross_entropy`` and ``expected_cost`` run after validating."""
+    if _use_reference(x):
+        return reference.softmax_loss(x, validate)
+    inputs, attrs = _softmax_args(x)
+    with _checks(x, validate):
+        return _op_library().costxent_softmax_loss(*inputs, **attrs)
 
 
 def sigmoid_cross_entropy(
@@ -210,22 +242,13 @@ def sigmoid_cross_entropy(
 
     With ``y = labels (1 - eps) + eps / 2``, ``s = sigmoid(logits)``:
     ``loss = (1 - pt)^gamma * -(a y log s + b (1 - y) log(1 - s))``,
-    ``pt = y s + (1 - y)(1 - s)``; ``a = pos_weight``, ``b = neg_weight`` are scalars or
-    per-class vectors (default 1). ``pos_weight=27`` on a 30-label problem with about one
-    positive per example stops the model from predicting all zeros. With gamma = 0 and
-    b = 1 this equals ``tf.nn.weighted_cross_entropy_with_logits``.
+    ``pt = y s + (1 - y)(1 - s)``, ``log s = -softplus(-z)``, ``log(1 - s) = -softplus(z)``;
+    ``a = pos_weight``, ``b = neg_weight`` are scalars or per-class vectors (default 1,
+    finite, >= 0). ``pos_weight=27`` on a 30-label problem with about one positive per
+    example stops the model from predicting all zeros. With gamma = 0 and b = 1 this equals
+    ``tf.nn.weighted_cross_entropy_with_logits``.
     Returns float32 (float64 for float64 logits) of the logits' shape.
     """
-    if _use_reference():
-        return reference.sigmoid_cross_entropy(
-            labels,
-            logits,
-            pos_weight=pos_weight,
-            neg_weight=neg_weight,
-            label_smoothing=label_smoothing,
-            focal_gamma=focal_gamma,
-            validate=validate,
-        )
     x = _args.sigmoid_inputs(
         labels,
         logits,
@@ -234,28 +257,95 @@ def sigmoid_cross_entropy(
         label_smoothing=label_smoothing,
         focal_gamma=focal_gamma,
     )
+    return sigmoid_loss(x, validate)
+
+
+def sigmoid_loss(x: _args.SigmoidInputs, validate: bool = False) -> tf.Tensor:
+    """The per-element loss of validated sigmoid inputs, fused where possible."""
+    if _use_reference(x):
+        return reference.sigmoid_loss(x, validate)
+    inputs, attrs = _sigmoid_args(x)
     with _checks(x, validate):
-        loss, _ = _op_library().costxent_sigmoid_loss(
-            x.logits,
-            x.labels,
-            x.pos_weight,
-            x.neg_weight,
-            _options(x.label_smoothing, x.focal_gamma),
-            compute_backprop=_needs_backprop(x.logits),
-        )
-    return x.restore(loss)
+        return _op_library().costxent_sigmoid_loss(*inputs, **attrs)
 
 
-def _backprop_of(op: tf.Operation, fused_op: Any) -> tf.Tensor:
-    """The op's stored gradient, or a recomputation when it ran as the loss-only variant."""
-    if op.get_attr("compute_backprop"):
-        return op.outputs[1]
-    attrs = {
-        name: op.get_attr(name)
-        for name in op.node_def.attr
-        if name not in ("T", "Tlabels", "A", "compute_backprop")
-    }
-    return fused_op(*op.inputs, compute_backprop=True, **attrs)[1]
+def _replica_scale() -> float:
+    """Keras divides a mean loss by the replicas in sync (``scale_loss_for_distribution``)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return 1.0 / replicas if replicas > 1 else 1.0
+
+
+def reduced_softmax(
+    x: _args.SoftmaxInputs, sample_weight: Optional[tf.Tensor], reduction: str
+) -> Optional[tf.Tensor]:
+    """The Keras-reduced loss of validated inputs in one fused pass, or None where the fused
+    reduced op does not run or no gradient is recorded (the caller then reduces per-example
+    losses as Keras does).
+
+    ``loss = r * sum_i s_i loss_i / D``: ``s`` = ``sample_weight`` (leading shape or None),
+    ``D`` = 1 ('sum'), the non-ignored rows ('sum_over_batch_size'), or the sum of ``s`` over
+    them ('mean_with_sample_weight'); ``D = 0`` gives 0; ``r`` = 1 / replicas in sync for the
+    mean reductions. Returns a scalar in the accumulation dtype.
+    """
+    if _use_reference(x) or not _may_differentiate(x.logits):
+        return None
+    inputs, attrs = _softmax_args(x)
+    return _reduced(
+        _op_library().costxent_softmax_loss_reduced, inputs, attrs, x, sample_weight, reduction
+    )
+
+
+def reduced_sigmoid(
+    x: _args.SigmoidInputs, sample_weight: Optional[tf.Tensor], reduction: str
+) -> Optional[tf.Tensor]:
+    """As ``reduced_softmax`` for the per-row mean over the last axis of the sigmoid loss
+    (``keras.losses.BinaryCrossentropy``'s convention), with no ignored rows."""
+    if _use_reference(x) or not _may_differentiate(x.logits):
+        return None
+    inputs, attrs = _sigmoid_args(x)
+    return _reduced(
+        _op_library().costxent_sigmoid_loss_reduced, inputs, attrs, x, sample_weight, reduction
+    )
+
+
+def _reduced(
+    fused_op: Any, inputs: list, attrs: dict, x: Any, sample_weight: Any, reduction: str
+) -> tf.Tensor:
+    """Runs a reduced op; its gradient scales the stored backprop by the upstream scalar.
+
+    A custom gradient rather than a registered one: the backprop is an op output nobody
+    else reads, and an eager tape would feed such an output a zeros gradient of [N, C].
+    """
+    weight = sample_weight if sample_weight is not None else tf.zeros([0], x.acc_dtype)
+    scale = tf.constant(1.0 if reduction == "sum" else _replica_scale(), tf.float64)
+
+    @tf.custom_gradient
+    def loss_of(logits):
+        loss, backprop = fused_op(logits, *inputs[1:], weight, scale, reduction=reduction, **attrs)
+
+        def grad(upstream):
+            return _op_library().costxent_scale_gradient(backprop, upstream)
+
+        return loss, grad
+
+    return loss_of(inputs[0])
+
+
+_SOFTMAX_ATTRS = ("loss_kind", "has_ignore_class", "ignore_class", "check_weights")
+
+
+def _attrs(op: Any, names: tuple) -> dict:
+    # Eager gradients receive a _MockOp, which has get_attr but no node_def.
+    return {name: op.get_attr(name) for name in names}
+
+
+def _no_second_order(op: Any, *grads: Any) -> list:
+    raise NotImplementedError(
+        f"costxent: the gradient of {op.type} (a second-order or forward-mode gradient of a "
+        "fused loss inside a traced function) is not provided by the fused op; compute that "
+        "loss with costxent.reference, or outside tf.function, where costxent picks the "
+        "reference itself"
+    )
 
 
 def _register_gradients() -> None:
@@ -264,14 +354,29 @@ def _register_gradients() -> None:
         return
 
     @tf.RegisterGradient("CostxentSoftmaxLoss")
-    def _softmax_loss_grad(op, grad_loss, _grad_backprop):
-        backprop = _backprop_of(op, library.costxent_softmax_loss)
-        return [library.costxent_scale_gradient(backprop, grad_loss), None, None, None]
+    def _softmax_loss_grad(op, grad_loss):
+        inputs = list(op.inputs)
+        backprop = library.costxent_softmax_loss_grad(
+            *inputs, grad_loss, **_attrs(op, _SOFTMAX_ATTRS)
+        )
+        return [backprop] + [None] * (len(inputs) - 1)
 
     @tf.RegisterGradient("CostxentSigmoidLoss")
-    def _sigmoid_loss_grad(op, grad_loss, _grad_backprop):
-        backprop = _backprop_of(op, library.costxent_sigmoid_loss)
-        return [library.costxent_scale_gradient(backprop, grad_loss), None, None, None, None]
+    def _sigmoid_loss_grad(op, grad_loss):
+        inputs = list(op.inputs)
+        backprop = library.costxent_sigmoid_loss_grad(
+            *inputs, grad_loss, **_attrs(op, ("check_weights",))
+        )
+        return [backprop] + [None] * (len(inputs) - 1)
+
+    for name in (
+        "CostxentSoftmaxLossGrad",
+        "CostxentSigmoidLossGrad",
+        "CostxentSoftmaxLossReduced",
+        "CostxentSigmoidLossReduced",
+        "CostxentScaleGradient",
+    ):
+        tf.RegisterGradient(name)(_no_second_order)
 
 
 _register_gradients()

@@ -36,9 +36,9 @@ def _focal_modulation(logp: tf.Tensor, gamma: float) -> tf.Tensor:
 
 def _targets(x: _args.SoftmaxInputs) -> tuple[tf.Tensor, tf.Tensor]:
     """(t, ignored): unsmoothed [N, C] targets, and the rows whose label is ignore_class."""
+    labels = _flat_labels(x)
     if not x.sparse:
-        return tf.cast(x.labels, x.acc_dtype), tf.zeros(tf.shape(x.labels)[:1], tf.bool)
-    labels = x.labels
+        return tf.cast(labels, x.acc_dtype), tf.zeros(tf.shape(labels)[:1], tf.bool)
     if x.ignore_class is None:
         ignored = tf.zeros_like(labels, tf.bool)
     else:
@@ -51,9 +51,8 @@ def _targets(x: _args.SoftmaxInputs) -> tuple[tf.Tensor, tf.Tensor]:
 def _label_in_range(x: _args.SoftmaxInputs, ignored: tf.Tensor) -> tf.Tensor:
     if not x.sparse:
         return tf.ones_like(ignored)
-    return tf.logical_or(
-        ignored, tf.logical_and(x.labels >= 0, x.labels < x.num_classes)
-    )
+    labels = _flat_labels(x)
+    return tf.logical_or(ignored, tf.logical_and(labels >= 0, labels < x.num_classes))
 
 
 def _first_argmax(z: tf.Tensor) -> tf.Tensor:
@@ -78,14 +77,23 @@ def _finish(
 ) -> tf.Tensor:
     loss = _nan_where_not(tf.logical_and(finite, _label_in_range(x, ignored)), loss)
     loss = tf.where(ignored, tf.zeros_like(loss), loss)
-    return x.restore(loss)
+    loss = tf.reshape(loss, tf.shape(x.logits)[:-1])
+    loss.set_shape(x.logits.shape[:-1])
+    return loss
 
 
 def _with_checks(x: Any, validate: bool):
-    """Weight finiteness always (an error, as in the fused CPU op); label ranges on request."""
-    return tf.control_dependencies(
-        _args.validation_ops(x) if validate else _args.weight_checks(x)
-    )
+    """What the fused CPU op checks as it runs (leading shapes, weights fed as tensors), and
+    label ranges on request."""
+    return tf.control_dependencies(_args.runtime_checks(x, validate))
+
+
+def _flat_logits(x: _args.SoftmaxInputs) -> tf.Tensor:
+    return tf.reshape(tf.cast(x.logits, x.acc_dtype), [-1, x.num_classes])
+
+
+def _flat_labels(x: _args.SoftmaxInputs) -> tf.Tensor:
+    return tf.reshape(x.labels, [-1] if x.sparse else [-1, x.num_classes])
 
 
 def softmax_cross_entropy(
@@ -116,8 +124,15 @@ def softmax_cross_entropy(
         focal_gamma=focal_gamma,
         ignore_class=ignore_class,
     )
+    return softmax_loss(x, validate)
+
+
+def softmax_loss(x: _args.SoftmaxInputs, validate: bool = False) -> tf.Tensor:
+    """The loss of validated softmax inputs (either loss kind), per example."""
+    if x.loss_kind == "expected_cost":
+        return _expected_cost(x, validate)
     with _with_checks(x, validate):
-        z = tf.cast(x.logits, x.acc_dtype)
+        z = _flat_logits(x)
         t, ignored = _targets(x)
         z = tf.where(ignored[:, None], tf.zeros_like(z), z)  # no NaN gradient from ignored rows
         logp = tf.nn.log_softmax(z)
@@ -159,8 +174,12 @@ def expected_cost(
         ignore_class=ignore_class,
         expected_cost=True,
     )
+    return _expected_cost(x, validate)
+
+
+def _expected_cost(x: _args.SoftmaxInputs, validate: bool) -> tf.Tensor:
     with _with_checks(x, validate):
-        z = tf.cast(x.logits, x.acc_dtype)
+        z = _flat_logits(x)
         t, ignored = _targets(x)
         z = tf.where(ignored[:, None], tf.zeros_like(z), z)  # no NaN gradient from ignored rows
         logp = tf.nn.log_softmax(z)
@@ -197,6 +216,11 @@ def sigmoid_cross_entropy(
         label_smoothing=label_smoothing,
         focal_gamma=focal_gamma,
     )
+    return sigmoid_loss(x, validate)
+
+
+def sigmoid_loss(x: _args.SigmoidInputs, validate: bool = False) -> tf.Tensor:
+    """The per-element loss of validated sigmoid inputs."""
     with _with_checks(x, validate):
         z = tf.cast(x.logits, x.acc_dtype)
         y = tf.cast(x.labels, x.acc_dtype)
@@ -211,4 +235,4 @@ def sigmoid_cross_entropy(
             positive = miss > 0
             safe = tf.where(positive, miss, tf.ones_like(miss))
             loss *= tf.where(positive, tf.pow(safe, x.focal_gamma), tf.zeros_like(miss))
-        return x.restore(_nan_where_not(valid, loss))
+        return _nan_where_not(valid, loss)
