@@ -10,15 +10,31 @@
 // and is read from memory once; rows longer than that (C beyond a cluster, or beyond a block
 // on GPUs without clusters) are walked in chunks, once per pass, re-reading from L2.
 //
+// A row needs one reduction over the group: each thread summarises its elements relative to
+// its own maximum (sum of exp, of z - max, of the targets' terms) and the summaries combine
+// by rescaling to the larger maximum (the "online softmax" merge), so the maximum and every
+// sum of the loss arrive together. The focal loss and a dense cost-matrix weight need one
+// more, because their terms depend on the row's log-sum-exp or its argmax.
+//
 // Each element is read and written only by the thread that owns it, and every gradient
 // write comes after the group's last reduction over the row, so backprop may alias logits.
 // Reductions are fixed butterfly / in-order trees with no atomics: results are bitwise
 // reproducible, and every thread of a group gets the same bits.
+//
+// Block sums (problem.h) are deterministic without atomics: rows are dealt out in *chunks*
+// of a power of two of rows that divides kReduceBlockRows, each chunk to one group, which
+// adds its rows' scaled losses in row order into one double. A chunk of kReduceBlockRows
+// rows writes its block sum directly; smaller chunks write one partial each into a scratch
+// array, and a second small kernel adds each block's partials in chunk order. The chunk size
+// depends only on n and the group's shape, never on timing, so the sums are bit-identical
+// run to run; it is chosen just small enough that the chunks fill the GPU, which keeps the
+// scratch below a few hundred kilobytes.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 
@@ -40,23 +56,28 @@ namespace {
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));
 
-// Slots per thread of a block group: 8 row values, which keeps a 1024-thread block within
-// 64 registers (a warp group, for rows of up to 32 vectors, has one slot per thread).
+// Slots per thread of a block group: 8 row values (4 doubles), which keeps a 1024-thread
+// block within 64 registers (a warp group, for rows of up to 32 vectors, has one slot per
+// thread).
 template <typename T>
-constexpr int kSlots = kVec<T> >= 8 ? 1 : 8 / kVec<T>;
+constexpr int kSlots = kVec<T> >= 8 ? 1 : (sizeof(T) == 8 ? 2 : 8 / kVec<T>);
 
 constexpr int kRowBlock = 256;  // block size when a block holds several row groups
 constexpr int kMaxBlock = 1024;
 constexpr int kPortableCluster = 8;
 constexpr int kMaxCluster = 16;  // Hopper's non-portable limit
 constexpr int kFlatBlock = 256;
-constexpr int kSlotBytes = 48;  // the largest value reduced at once (five doubles)
+constexpr int kSlotBytes = 80;  // the largest value reduced at once (a RowStat of doubles)
 // Indices inside a row are 32-bit (offsets into arrays are 64-bit); a row's span of
 // vectors may reach this far past c.
 constexpr int64_t kMaxClasses = INT32_MAX - 64;
+// Chunks are made small enough to give about this many warps work: two waves of an
+// H100/H200 (132 SMs x 64 warps), so the last, partial wave costs little.
+constexpr int64_t kTargetWarps = 16384;
 
 // ---------------------------------------------------------------------------------------
-// Vector access. `row` is any array of c elements; [j0, j0 + N) is one slot of it.
+// Vector access. [j0, j0 + N) is one slot of an array `base`; only elements in [lo, hi) are
+// the caller's (a softmax row is [0, c), a sigmoid chunk a range of the flat array).
 
 template <typename U, int N>
 struct alignas(16) Pack {
@@ -65,20 +86,20 @@ struct alignas(16) Pack {
 
 // Index is int inside a softmax row, int64_t over a flat array.
 template <int N, typename Index, typename U>
-__device__ __forceinline__ bool whole_aligned(const U* row, Index j0, Index c) {
-  return j0 >= 0 && j0 + N <= c && reinterpret_cast<uintptr_t>(row + j0) % 16 == 0;
+__device__ __forceinline__ bool whole_aligned(const U* base, Index j0, Index lo, Index hi) {
+  return j0 >= lo && j0 + N <= hi && reinterpret_cast<uintptr_t>(base + j0) % 16 == 0;
 }
 
-// Elements outside [0, c) read as zero bits (0.0 in every storage type).
+// Elements outside [lo, hi) read as zero bits (0.0 in every storage type).
 template <int N, typename Index, typename U>
-__device__ __forceinline__ Pack<U, N> load(const U* row, Index j0, Index c) {
-  if (whole_aligned<N>(row, j0, c)) return *reinterpret_cast<const Pack<U, N>*>(row + j0);
+__device__ __forceinline__ Pack<U, N> load(const U* base, Index j0, Index lo, Index hi) {
+  if (whole_aligned<N>(base, j0, lo, hi)) return *reinterpret_cast<const Pack<U, N>*>(base + j0);
   Pack<U, N> pk;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     const Index j = j0 + i;
-    if (j >= 0 && j < c) {
-      pk.v[i] = row[j];
+    if (j >= lo && j < hi) {
+      pk.v[i] = base[j];
     } else {
       memset(&pk.v[i], 0, sizeof(U));
     }
@@ -87,26 +108,27 @@ __device__ __forceinline__ Pack<U, N> load(const U* row, Index j0, Index c) {
 }
 
 template <int N, typename Index, typename U, typename A>
-__device__ __forceinline__ void load_acc(const U* row, Index j0, Index c, A (&out)[N]) {
-  const Pack<U, N> pk = load<N>(row, j0, c);
+__device__ __forceinline__ void load_acc(const U* base, Index j0, Index lo, Index hi,
+                                         A (&out)[N]) {
+  const Pack<U, N> pk = load<N>(base, j0, lo, hi);
 #pragma unroll
   for (int i = 0; i < N; ++i) out[i] = to_acc(pk.v[i]);
 }
 
-// row[j0 + i] = value(i) for the i with j0 + i in [0, c). value(i) is evaluated for every
-// i (one code path for whole and partial vectors), so it must not read outside the row.
+// base[j0 + i] = value(i) for the i with j0 + i in [lo, hi). value(i) is evaluated for every
+// i (one code path for whole and partial vectors), so it must not read outside the range.
 template <int N, typename Index, typename U, typename F>
-__device__ __forceinline__ void store(U* row, Index j0, Index c, F value) {
+__device__ __forceinline__ void store(U* base, Index j0, Index lo, Index hi, F value) {
   Pack<U, N> pk;
 #pragma unroll
   for (int i = 0; i < N; ++i) pk.v[i] = from_acc<U>(value(i));
-  if (whole_aligned<N>(row, j0, c)) {
-    *reinterpret_cast<Pack<U, N>*>(row + j0) = pk;
+  if (whole_aligned<N>(base, j0, lo, hi)) {
+    *reinterpret_cast<Pack<U, N>*>(base + j0) = pk;
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const Index j = j0 + i;
-      if (j >= 0 && j < c) row[j] = pk.v[i];
+      if (j >= lo && j < hi) base[j] = pk.v[i];
     }
   }
 }
@@ -133,23 +155,37 @@ __device__ __forceinline__ V shfl_xor(const V& v, int offset, unsigned mask) {
 }
 
 // lanes: a power of two up to 32; groups of that many lanes are aligned within the warp.
+// combine must be commutative: a step on lanes l and l^o computes f(a, b) and f(b, a), and
+// commutativity is what gives both lanes the same bits.
 template <typename V, typename F>
 __device__ __forceinline__ V butterfly(V v, int lanes, unsigned mask, F combine) {
   for (int o = lanes / 2; o > 0; o /= 2) v = combine(v, shfl_xor(v, o, mask));
   return v;
 }
 
-// Row groups share an interface: size() threads, this thread's rank() (0 is the leader(),
-// which writes the loss), the group's lanes() within one warp and their mask(), index() /
-// count() to walk rows, reduce(), finish().
-// reduce's combine must be commutative: a butterfly step on lanes l and l^o computes f(a, b)
-// and f(b, a), and commutativity is what gives both lanes the same bits.
+// The sum of one double per group leader of a warp (the lanes that are multiples of
+// `width`), in a fixed tree order; lane 0 gets it.
+__device__ __forceinline__ double warp_leader_sum(double v, int width) {
+  for (int o = 16; o >= width; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 
-// `width` lanes of one warp (a power of two up to 32); several rows per warp.
+// Row groups share an interface: size() threads, this thread's rank() (0 is the leader(),
+// which writes the loss), the group's lanes() within one warp and their mask(), reduce().
+// Rows are dealt out in chunks (see the top of the file): first_chunk() / chunk_stride()
+// walk this group's chunks, first_row() / row_stride() its rows inside one, and
+// write_partial() stores the chunk's sum of the leaders' partials.
+
+// `width` lanes of one warp (a power of two up to 32); a chunk per warp, whose 32 / width
+// groups take consecutive rows.
 class WarpGroup {
  public:
   static constexpr int kSlotsPerThread = 1;
   static constexpr bool kChunked = false;  // the launcher makes the slots cover the row
+  static constexpr int kMaxThreads = kRowBlock;
+  // 64 registers, as for a full block: one vector per thread in flight, so the occupancy
+  // is what hides memory latency.
+  static constexpr int kMinBlocks = 2048 / kRowBlock / 2;
 
   __device__ WarpGroup(int width, int) : width_(width) {
     const int lane = threadIdx.x & 31;
@@ -160,27 +196,31 @@ class WarpGroup {
   __device__ bool leader() const { return rank() == 0; }
   __device__ int lanes() const { return width_; }
   __device__ unsigned mask() const { return mask_; }
-  __device__ int64_t index() const {
-    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / width_;
+  __device__ int64_t first_chunk() const {
+    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   }
-  __device__ int64_t count() const {
-    return static_cast<int64_t>(gridDim.x) * blockDim.x / width_;
-  }
+  __device__ int64_t chunk_stride() const { return static_cast<int64_t>(gridDim.x) * blockDim.x / 32; }
+  __device__ int first_row() const { return static_cast<int>(threadIdx.x & 31) / width_; }
+  __device__ int row_stride() const { return 32 / width_; }
   template <typename V, typename F>
-  __device__ V reduce(V v, F combine) const {
+  __device__ V reduce(V v, F combine, const V&) const {
     return butterfly(v, width_, mask_, combine);
   }
-  __device__ void finish() const {}
+  // Every lane of the warp calls this (rows past n included: their partial is 0).
+  __device__ void write_partial(double partial, double* out) const {
+    partial = warp_leader_sum(partial, width_);
+    if ((threadIdx.x & 31) == 0) *out = partial;
+  }
 
  private:
   int width_;
   unsigned mask_;
 };
 
-// Per-warp partials, in two alternating sets: the barrier of the next reduction separates
-// one reduction's reads from the writes of the one after.
+// Per-warp and per-block partials, in two alternating sets: the barrier of the next
+// reduction separates one reduction's reads from the writes of the one after.
 __shared__ alignas(16) unsigned char block_partials[2][32][kSlotBytes];
-__shared__ alignas(16) unsigned char cluster_partials[2][kSlotBytes];
+__shared__ alignas(16) unsigned char cluster_partials[2][kMaxCluster][kSlotBytes];
 
 // A whole block (blockDim.x a multiple of 32) times `clusters` blocks; one row at a time.
 template <int S>
@@ -188,6 +228,8 @@ class BlockGroup {
  public:
   static constexpr int kSlotsPerThread = S;
   static constexpr bool kChunked = true;
+  static constexpr int kMaxThreads = kMaxBlock;
+  static constexpr int kMinBlocks = 1;
 
   __device__ BlockGroup(int, int clusters) : clusters_(clusters) {
 #if defined(COSTXENT_CLUSTERS)
@@ -199,50 +241,52 @@ class BlockGroup {
   __device__ bool leader() const { return rank() == 0; }
   __device__ int lanes() const { return 32; }
   __device__ unsigned mask() const { return 0xffffffffu; }
-  __device__ int64_t index() const { return blockIdx.x / clusters_; }
-  __device__ int64_t count() const { return gridDim.x / clusters_; }
+  __device__ int64_t first_chunk() const { return blockIdx.x / clusters_; }
+  __device__ int64_t chunk_stride() const { return gridDim.x / clusters_; }
+  __device__ int first_row() const { return 0; }
+  __device__ int row_stride() const { return 1; }
 
+  // Three fixed trees: the warp's lanes, the block's warps (one partial per lane of every
+  // warp, so each warp combines them with one butterfly instead of a serial loop), then the
+  // cluster's blocks. Each block pushes its total into every peer's shared memory before
+  // the cluster barrier and then reads only its own, so no block touches another's memory
+  // after the last barrier and a block may exit as soon as its rows are done.
   template <typename V, typename F>
-  __device__ V reduce(V v, F combine) {
+  __device__ V reduce(V v, F combine, const V& identity) {
     static_assert(sizeof(V) <= kSlotBytes, "enlarge kSlotBytes");
+    const int lane = threadIdx.x & 31;
+    const int warps = static_cast<int>(blockDim.x / 32);
     v = butterfly(v, 32, 0xffffffffu, combine);
-    if ((threadIdx.x & 31) == 0)
-      *reinterpret_cast<V*>(block_partials[parity_][threadIdx.x / 32]) = v;
-    __syncthreads();
-    v = *reinterpret_cast<const V*>(block_partials[parity_][0]);
-    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
-      v = combine(v, *reinterpret_cast<const V*>(block_partials[parity_][w]));
-    if (clusters_ > 1) v = across_cluster(v, combine);
+    if (warps > 1) {
+      if (lane == 0) *reinterpret_cast<V*>(block_partials[parity_][threadIdx.x / 32]) = v;
+      __syncthreads();
+      v = lane < warps ? *reinterpret_cast<const V*>(block_partials[parity_][lane]) : identity;
+      v = butterfly(v, 32, 0xffffffffu, combine);
+    }
+    if (clusters_ > 1) v = across_cluster(v, combine, identity);
     parity_ ^= 1;
     return v;
   }
 
-  // Before exit: a block's shared memory must outlive its cluster peers' reads of it.
-  __device__ void finish() const {
-    if (clusters_ > 1) cluster_sync();
+  __device__ void write_partial(double partial, double* out) const {
+    if (leader()) *out = partial;
   }
 
  private:
-  __device__ static void cluster_sync() {
-#if defined(COSTXENT_CLUSTERS)
-    cooperative_groups::this_cluster().sync();
-#else
-    __trap();  // the launcher only asks for clusters where this code was built for them
-#endif
-  }
-
   template <typename V, typename F>
-  __device__ V across_cluster(V v, F combine) {
+  __device__ V across_cluster(V v, F combine, const V& identity) {
 #if defined(COSTXENT_CLUSTERS)
     auto cluster = cooperative_groups::this_cluster();
-    V* mine = reinterpret_cast<V*>(cluster_partials[parity_]);
-    if (threadIdx.x == 0) *mine = v;
+    if (threadIdx.x < static_cast<unsigned>(clusters_)) {
+      V* mine = reinterpret_cast<V*>(cluster_partials[parity_][block_rank_]);
+      *cluster.map_shared_rank(mine, static_cast<unsigned>(threadIdx.x)) = v;
+    }
     cluster.sync();
-    v = *cluster.map_shared_rank(mine, 0);
-    for (int b = 1; b < clusters_; ++b) v = combine(v, *cluster.map_shared_rank(mine, b));
-    return v;
+    const int lane = threadIdx.x & 31;
+    v = lane < clusters_ ? *reinterpret_cast<const V*>(cluster_partials[parity_][lane]) : identity;
+    return butterfly(v, 32, 0xffffffffu, combine);
 #else
-    __trap();
+    __trap();  // the launcher only asks for clusters where this code was built for them
     return v;
 #endif
   }
@@ -265,30 +309,134 @@ __device__ __forceinline__ Sums<A, N> add(const Sums<A, N>& a, const Sums<A, N>&
   return out;
 }
 
-// Row maximum, its lowest index, and a sum of (z - z) that is NaN iff some z is not finite.
-template <typename A>
-struct MaxStat {
+// ---------------------------------------------------------------------------------------
+// Softmax modes, fixed at compile time: which loss, and sparse or dense labels. The weight
+// mode stays a run-time choice: it only changes which weight one row loads (one branch per
+// row, the same in every thread), except a dense cost-matrix weight, which costs a
+// reduction.
+
+enum class Kind { kCrossEntropy, kFocal, kExpectedCost };
+
+template <Kind K, bool kDenseLabels>
+struct Mode {
+  static constexpr Kind kKind = K;
+  static constexpr bool kDense = kDenseLabels;
+};
+
+// The sums one row's reduction carries, in RowStat::v in this order. Three kinds of entry:
+// exp-weighted sums (of exp(z - max), of cost * exp(z - max)) rescale by
+// exp(max_thread - max) when summaries merge; shift-linear sums (of z - max, of t (z - max))
+// gain coef * (max_thread - max), their coefficients (the count of elements, the sum of t)
+// following them in the same order; the rest add plainly.
+enum Field {
+  kExpSum,
+  kCostSum,
+  kZsSum,
+  kTargetDotZs,
+  kCount,
+  kTargetSum,
+  kLabelLogit,   // z_y of a sparse label
+  kClassWeight,  // sum t_j a_j of dense labels
+  kFields
+};
+
+template <typename M>
+struct Layout {
+  static constexpr bool has(Field f) {
+    const bool expected = M::kKind == Kind::kExpectedCost;
+    const bool smoothing = M::kKind != Kind::kFocal;  // sum zs, for eps / C
+    const bool targets = M::kDense && M::kKind != Kind::kFocal;
+    switch (f) {
+      case kExpSum:
+        return true;
+      case kCostSum:
+        return expected;
+      case kZsSum:
+      case kCount:
+        return smoothing;
+      case kTargetDotZs:
+      case kTargetSum:
+        return targets;
+      case kLabelLogit:
+        return !M::kDense;
+      case kClassWeight:
+        return M::kDense && !expected;
+      default:
+        return false;
+    }
+  }
+  static constexpr int at(Field f) {
+    int k = 0;
+    for (int e = 0; e < f; ++e) k += has(static_cast<Field>(e));
+    return k;
+  }
+  static constexpr int kExpN = at(kZsSum);
+  static constexpr int kLinN = at(kCount) - kExpN;
+  static constexpr int kN = at(kFields);
+};
+
+// A summary of some of a row's elements: their maximum and its lowest index, a sum of
+// (z - z) that is NaN iff some z is not finite, and the sums of Layout relative to max.
+template <typename A, typename M>
+struct RowStat {
   A max;
   A nonfinite;
+  A v[Layout<M>::kN];  // Layout's fields
   int arg;
 };
 
+template <typename A, typename M>
+__device__ __forceinline__ RowStat<A, M> empty_stat() {
+  RowStat<A, M> s;
+  s.max = -INFINITY;
+  s.nonfinite = A(0);
+#pragma unroll
+  for (int k = 0; k < Layout<M>::kN; ++k) s.v[k] = A(0);
+  s.arg = INT_MAX;
+  return s;
+}
+
+// coef * d, where an empty sum (coef 0) contributes 0 even when d is infinite (an empty
+// summary's max is -inf).
 template <typename A>
-__device__ __forceinline__ MaxStat<A> combine_max(const MaxStat<A>& a, const MaxStat<A>& b) {
+__device__ __forceinline__ A shift_term(A coef, A d) {
+  return coef == A(0) ? A(0) : coef * d;
+}
+
+template <typename A, typename M>
+__device__ __forceinline__ RowStat<A, M> merge(const RowStat<A, M>& a, const RowStat<A, M>& b) {
+  using L = Layout<M>;
   const bool take_b = b.max > a.max || (b.max == a.max && b.arg < a.arg);
-  return {take_b ? b.max : a.max, a.nonfinite + b.nonfinite, take_b ? b.arg : a.arg};
+  RowStat<A, M> r;
+  r.max = take_b ? b.max : a.max;
+  r.arg = take_b ? b.arg : a.arg;
+  r.nonfinite = a.nonfinite + b.nonfinite;
+  // Equal maxima (both -inf for empty summaries) need no rescaling.
+  const A da = a.max == r.max ? A(0) : a.max - r.max;
+  const A db = b.max == r.max ? A(0) : b.max - r.max;
+  const A fa = a.max == r.max ? A(1) : exp(da);
+  const A fb = b.max == r.max ? A(1) : exp(db);
+#pragma unroll
+  for (int k = 0; k < L::kExpN; ++k) r.v[k] = a.v[k] * fa + b.v[k] * fb;
+#pragma unroll
+  for (int k = L::kExpN; k < L::kExpN + L::kLinN; ++k)
+    r.v[k] = (a.v[k] + shift_term(a.v[k + L::kLinN], da)) +
+             (b.v[k] + shift_term(b.v[k + L::kLinN], db));
+#pragma unroll
+  for (int k = L::kExpN + L::kLinN; k < L::kN; ++k) r.v[k] = a.v[k] + b.v[k];
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------
 // A row as the group sees it: this thread's slots, chunk by chunk.
 
-template <typename T, typename A, typename Group>
+template <typename T, typename A, typename Group, bool kDense>
 class RowWalker {
  public:
   static constexpr int V = kVec<T>;
   static constexpr int S = Group::kSlotsPerThread;
 
-  // dense: the row of dense labels, or nullptr for a sparse label y.
+  // dense: the row of dense labels (kDense), else the sparse label y.
   __device__ RowWalker(const T* z, const T* dense, int y, int c, const Group& g)
       : row_(z), dense_(dense), y_(y), c_(c), group_size_(g.size()), rank_(g.rank()) {
     head_ = misalignment(z);
@@ -299,50 +447,52 @@ class RowWalker {
     }
   }
 
-  // f(j0, z[V], t[V]) for each slot [j0, j0 + V): the logits and the unsmoothed targets
-  // (dense labels are loaded only when with_t), zero outside the row. Every thread of the
-  // group makes the same calls.
+  // One chunk: the whole row when its slots cover it, so values set by one pass are still
+  // there in the next.
+  __device__ bool resident() const { return chunks_ == 1; }
+
+  // f(chunk) for each chunk, its logits loaded into slot(s) (zero outside the row). Every
+  // thread of the group makes the same calls.
   template <typename F>
-  __device__ void slots(bool with_t, F f) {
+  __device__ void chunks(F f) {
     for (int chunk = 0; chunk < chunks_; ++chunk) {
       if (chunk != loaded_) {
 #pragma unroll
-        for (int s = 0; s < S; ++s) load_acc<V>(row_, first(chunk, s), c_, values_[s]);
+        for (int s = 0; s < S; ++s) load_acc<V>(row_, first(chunk, s), 0, c_, values_[s]);
         loaded_ = chunk;
       }
+      f(chunk);
+    }
+  }
+
+  // Slot s of a chunk: vector (chunk * S + s) * group_size + rank of the row's span, which
+  // starts head_ elements before the row so that vectors fall on 16-byte boundaries.
+  __device__ int first(int chunk, int s) const {
+    return ((chunk * S + s) * group_size_ + rank_) * V - head_;
+  }
+  __device__ A (&slot(int s))[V] { return values_[s]; }
+
+  // The unsmoothed targets of [j0, j0 + V), zero outside the row.
+  __device__ void targets(int j0, A (&t)[V]) const {
+    if (kDense) {
+      load_acc<V>(dense_, j0, 0, c_, t);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) t[i] = j0 + i == y_ ? A(1) : A(0);
+    }
+  }
+
+  // out_j = f(j, slot value, t_j) for this thread's elements.
+  template <typename F>
+  __device__ void write(T* out, F f) {
+    chunks([&](int chunk) {
 #pragma unroll
       for (int s = 0; s < S; ++s) {
         const int j0 = first(chunk, s);
         A t[V];
-        if (dense_ == nullptr) {
-#pragma unroll
-          for (int i = 0; i < V; ++i) t[i] = j0 + i == y_ ? A(1) : A(0);
-        } else if (with_t) {
-          load_acc<V>(dense_, j0, c_, t);
-        } else {
-#pragma unroll
-          for (int i = 0; i < V; ++i) t[i] = A(0);
-        }
-        f(j0, values_[s], t);
+        targets(j0, t);
+        store<V>(out, j0, 0, c_, [&](int i) { return f(j0 + i, values_[s][i], t[i]); });
       }
-    }
-  }
-
-  // f(j, z_j, t_j) for each element of the row this thread owns.
-  template <typename F>
-  __device__ void each(bool with_t, F f) {
-    slots(with_t, [&](int j0, const A(&z)[V], const A(&t)[V]) {
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (in_row(j0 + i)) f(j0 + i, z[i], t[i]);
-    });
-  }
-
-  // out_j = f(z_j, t_j).
-  template <typename F>
-  __device__ void write(T* out, F f) {
-    slots(true, [&](int j0, const A(&z)[V], const A(&t)[V]) {
-      store<V>(out, j0, c_, [&](int i) { return f(z[i], t[i]); });
     });
   }
 
@@ -350,19 +500,13 @@ class RowWalker {
   __device__ void fill(T* out, A value) const {
     for (int chunk = 0; chunk < chunks_; ++chunk)
 #pragma unroll
-      for (int s = 0; s < S; ++s) store<V>(out, first(chunk, s), c_, [&](int) { return value; });
+      for (int s = 0; s < S; ++s) store<V>(out, first(chunk, s), 0, c_, [&](int) { return value; });
   }
 
   __device__ bool in_row(int j) const { return j >= 0 && j < c_; }
   __device__ const T* dense() const { return dense_; }
 
  private:
-  // Slot s of a chunk: vector (chunk * S + s) * group_size + rank of the row's span, which
-  // starts head_ elements before the row so that vectors fall on 16-byte boundaries.
-  __device__ int first(int chunk, int s) const {
-    return ((chunk * S + s) * group_size_ + rank_) * V - head_;
-  }
-
   const T* row_;
   const T* dense_;
   int y_;
@@ -405,164 +549,313 @@ __device__ void dense_costs(const Group& g, const T* t, const A* cost, int c, in
 }
 
 // One softmax row (DESIGN 2.1, 2.2); the CPU's softmax_row in cpu_kernels.cc, with the
-// passes over a scratch row replaced by passes over the group's slots.
-template <typename T, typename A, typename Group>
-__device__ void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group& g) {
+// passes over a scratch row replaced by passes over the group's slots. Writes the loss and
+// the gradient scaled by f = row_scale * scale; returns f * loss (0 for an ignored row) for
+// the block sums, in every thread of the group.
+template <typename M, typename T, typename A, typename Group>
+__device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group& g) {
+  using L = Layout<M>;
   constexpr int V = kVec<T>;
+  constexpr int S = Group::kSlotsPerThread;
   const int c = static_cast<int>(p.c);
-  const bool sparse = p.dense == nullptr;
-  const int64_t label = sparse ? label_at(p, row) : -1;
-  const bool ignored = sparse && p.has_ignore_class && label == p.ignore_class;
-  const bool bad_label = sparse && !ignored && (label < 0 || label >= c);
-  const int y = ignored || bad_label ? -1 : static_cast<int>(label);
+  bool ignored = false;
+  bool bad_label = false;
+  int y = -1;
+  if (!M::kDense) {
+    const int64_t label = label_at(p, row);
+    ignored = p.has_ignore_class && label == p.ignore_class;
+    bad_label = !ignored && (label < 0 || label >= c);
+    if (!ignored && !bad_label) y = static_cast<int>(label);
+  }
   const int64_t offset = row * p.c;
-  RowWalker<T, A, Group> walk(p.logits + offset, sparse ? nullptr : p.dense + offset, y, c, g);
+  RowWalker<T, A, Group, M::kDense> walk(p.logits + offset, M::kDense ? p.dense + offset : nullptr,
+                                          y, c, g);
   T* out = p.backprop != nullptr ? p.backprop + offset : nullptr;
-  auto finish = [&](A value) {
-    if (g.leader()) p.loss[row] = value;
-    if (out != nullptr) walk.fill(out, value);
+  auto finish = [&](A loss, A grad, double term) {
+    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
+    if (out != nullptr) walk.fill(out, grad);
+    return term;
   };
-  if (ignored) return finish(A(0));
-  if (bad_label) return finish(quiet_nan(A(0)));
+  const A nan = quiet_nan(A(0));
+  if (ignored) return finish(A(0), A(0), 0.0);
+  if (bad_label) return finish(nan, nan, static_cast<double>(nan));
 
-  MaxStat<A> top{-INFINITY, A(0), c};
-  walk.each(false, [&](int j, A zj, A) {
-    if (zj > top.max) {
-      top.max = zj;
-      top.arg = j;
-    }
-    top.nonfinite += zj - zj;
-  });
-  top = g.reduce(top, combine_max<A>);
-  if (!(top.nonfinite == A(0))) return finish(quiet_nan(A(0)));
-  const A m = top.max;
-  const int jhat = top.arg;  // lowest index on ties
-
-  // exp sums, sum zs, and the unsmoothed target's sum t, sum t zs, sum t weight.
-  const bool cross_entropy = p.loss_kind == SoftmaxLoss::kCrossEntropy;
-  const bool dense_weight = cross_entropy && !sparse && p.weight_mode != WeightMode::kNone;
-  Sums<A, 5> r{};
-  walk.each(!sparse, [&](int j, A zj, A tj) {
-    const A zs = zj - m;
-    r.v[0] += exp(zs);
-    r.v[1] += zs;
-    r.v[2] += tj;
-    r.v[3] += tj * zs;
-    if (dense_weight)
-      r.v[4] += tj * __ldg(p.weight_mode == WeightMode::kClass
-                               ? p.weights + j
-                               : p.weights + static_cast<int64_t>(j) * c + jhat);
-  });
-  r = g.reduce(r, add<A, 5>);
+  const A f = (p.row_scale != nullptr ? __ldg(p.row_scale + row) : A(1)) * p.scale;
   const A eps = p.label_smoothing;
   const A inv_c = A(1) / static_cast<A>(c);
-  const A lse = log(r.v[0]);
-  const A inv_sum = A(1) / r.v[0];
-  const A target_sum = (A(1) - eps) * r.v[2] + eps;
-  const A target_dot_zs = (A(1) - eps) * r.v[3] + eps * inv_c * r.v[1];
-  const A ce = shifted_cross_entropy(target_sum, lse, target_dot_zs);
-  auto prob = [&](A zj) { return exp(zj - m) * inv_sum; };
+  const bool sparse_focal_label_only = M::kKind == Kind::kFocal && !M::kDense && eps == A(0);
+  // exp(z - max_thread) replaces z in the registers when no later pass needs z.
+  const bool cache_exp =
+      walk.resident() && (M::kKind != Kind::kFocal || sparse_focal_label_only);
+  const bool class_weight = p.weight_mode == WeightMode::kClass;
+  const A* cost_row = M::kDense ? p.weights : p.weights + static_cast<int64_t>(y) * c;
+  auto costs = [&](int j0, A(&cost)[V]) {
+    if (M::kDense) {
+      dense_costs<T, A, V>(g, walk.dense(), p.weights, c, j0, cost);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) cost[i] = walk.in_row(j0 + i) ? __ldg(cost_row + j0 + i) : A(0);
+    }
+  };
+
+  // This thread's summary, merged chunk by chunk.
+  RowStat<A, M> st = empty_stat<A, M>();
+  walk.chunks([&](int chunk) {
+    RowStat<A, M> cs = empty_stat<A, M>();
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int j0 = walk.first(chunk, s);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A zj = walk.slot(s)[i];
+        if (!walk.in_row(j0 + i)) continue;
+        cs.nonfinite += zj - zj;
+        if (zj > cs.max) {
+          cs.max = zj;
+          cs.arg = j0 + i;
+        }
+      }
+    }
+    const A m = cs.max;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int j0 = walk.first(chunk, s);
+      A t[V];
+      if (L::has(kTargetSum) || (L::has(kClassWeight) && class_weight)) walk.targets(j0, t);
+      A cost[V];
+      if constexpr (L::has(kCostSum)) costs(j0, cost);
+      A(&z)[V] = walk.slot(s);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int j = j0 + i;
+        if (!walk.in_row(j)) continue;
+        const A zs = z[i] - m;
+        const A e = exp(zs);
+        cs.v[L::at(kExpSum)] += e;
+        if constexpr (L::has(kCostSum)) cs.v[L::at(kCostSum)] += cost[i] * e;
+        if constexpr (L::has(kZsSum)) {
+          cs.v[L::at(kZsSum)] += zs;
+          cs.v[L::at(kCount)] += A(1);
+        }
+        if constexpr (L::has(kTargetSum)) {
+          cs.v[L::at(kTargetDotZs)] += t[i] * zs;
+          cs.v[L::at(kTargetSum)] += t[i];
+        }
+        if constexpr (L::has(kLabelLogit)) {
+          if (j == y) cs.v[L::at(kLabelLogit)] = z[i];
+        }
+        if constexpr (L::has(kClassWeight)) {
+          if (class_weight) cs.v[L::at(kClassWeight)] += t[i] * __ldg(p.weights + j);
+        }
+        if (cache_exp) z[i] = e;
+      }
+    }
+    st = chunk == 0 ? cs : merge(st, cs);
+  });
+  const A thread_max = st.max;
+  st = g.reduce(st, merge<A, M>, empty_stat<A, M>());
+  if (!(st.nonfinite == A(0))) return finish(nan, nan, static_cast<double>(nan));
+
+  const A m = st.max;
+  const int jhat = st.arg;  // lowest index on ties
+  const A sum = st.v[L::at(kExpSum)];
+  const A lse = log(sum);
+  const A inv_sum = A(1) / sum;
+  // p_j from a slot value: exp(z - max_thread) cached, or z.
+  const A cached_scale = exp(thread_max - m) * inv_sum;
+  auto prob = [&](A v) { return cache_exp ? v * cached_scale : exp(v - m) * inv_sum; };
   auto smooth = [&](A tj) { return smooth_target(tj, eps, inv_c); };
 
-  if (!cross_entropy) {
+  // Cross-entropy against the smoothed target: S = (1 - eps) sum t + eps,
+  // sum ts zs = (1 - eps) sum t zs + eps / C sum zs.
+  A target_sum = A(1);
+  A ce = A(0);
+  if constexpr (L::has(kZsSum)) {
+    A t_sum = A(1);
+    A t_dot_zs;
+    if constexpr (L::has(kTargetSum)) {
+      t_sum = st.v[L::at(kTargetSum)];
+      t_dot_zs = st.v[L::at(kTargetDotZs)];
+    } else {
+      t_dot_zs = st.v[L::at(kLabelLogit)] - m;
+    }
+    target_sum = (A(1) - eps) * t_sum + eps;
+    ce = shifted_cross_entropy(target_sum, lse,
+                               (A(1) - eps) * t_dot_zs + eps * inv_c * st.v[L::at(kZsSum)]);
+  }
+
+  if constexpr (M::kKind == Kind::kExpectedCost) {
     const A lam = p.ce_weight;
-    const A* cost_row = sparse ? p.weights + static_cast<int64_t>(y) * c : p.weights;
-    auto costs = [&](int j0, A(&cost)[V]) {
-      if (sparse) {
+    const A expected = st.v[L::at(kCostSum)] * inv_sum;
+    const A loss = expected + lam * ce;
+    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
+    if (out != nullptr) {
+      walk.chunks([&](int chunk) {
 #pragma unroll
-        for (int i = 0; i < V; ++i) cost[i] = walk.in_row(j0 + i) ? __ldg(cost_row + j0 + i) : A(0);
-      } else {
-        dense_costs<T, A, V>(g, walk.dense(), p.weights, c, j0, cost);
-      }
-    };
-    Sums<A, 1> e{};
-    walk.slots(false, [&](int j0, const A(&z)[V], const A(&)[V]) {
-      A cost[V];
-      costs(j0, cost);
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (walk.in_row(j0 + i)) e.v[0] += cost[i] * exp(z[i] - m);
-    });
-    const A expected = g.reduce(e, add<A, 1>).v[0] * inv_sum;
-    if (g.leader()) p.loss[row] = expected + lam * ce;
-    if (out == nullptr) return;
-    walk.slots(true, [&](int j0, const A(&z)[V], const A(&t)[V]) {
-      A cost[V];
-      costs(j0, cost);
-      store<V>(out, j0, c, [&](int i) {
-        return expected_cost_grad(prob(z[i]), cost[i], expected, lam, smooth(t[i]), target_sum);
+        for (int s = 0; s < S; ++s) {
+          const int j0 = walk.first(chunk, s);
+          A t[V], cost[V];
+          walk.targets(j0, t);
+          costs(j0, cost);
+          store<V>(out, j0, 0, c, [&](int i) {
+            return f * expected_cost_grad(prob(walk.slot(s)[i]), cost[i], expected, lam,
+                                          smooth(t[i]), target_sum);
+          });
+        }
       });
-    });
-    return;
+    }
+    return static_cast<double>(f) * static_cast<double>(loss);
+  } else {
+    // Per-example weight from the unsmoothed target (DESIGN 2.1); a dense cost-matrix weight
+    // needs jhat, so it is reduced here (with the focal sums when there are any).
+    const bool dense_cost = M::kDense && p.weight_mode == WeightMode::kCost;
+    A w = A(1);
+    if constexpr (M::kDense) {
+      if (class_weight) w = st.v[L::at(kClassWeight)];
+    } else {
+      if (class_weight) w = __ldg(p.weights + y);
+      if (p.weight_mode == WeightMode::kCost) w = __ldg(p.weights + static_cast<int64_t>(y) * c + jhat);
+    }
+
+    if constexpr (M::kKind == Kind::kCrossEntropy) {
+      if (dense_cost) {
+        Sums<A, 1> r{};
+        walk.chunks([&](int chunk) {
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            const int j0 = walk.first(chunk, s);
+            A t[V];
+            walk.targets(j0, t);
+#pragma unroll
+            for (int i = 0; i < V; ++i)
+              if (walk.in_row(j0 + i))
+                r.v[0] += t[i] * __ldg(p.weights + static_cast<int64_t>(j0 + i) * c + jhat);
+          }
+        });
+        w = g.reduce(r, add<A, 1>, Sums<A, 1>{}).v[0];
+      }
+      const A loss = w * ce;
+      if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
+      const A wf = w * f;
+      if (out != nullptr)
+        walk.write(out, [&](int, A v, A tj) { return plain_grad(wf, prob(v), smooth(tj), target_sum); });
+      return static_cast<double>(f) * static_cast<double>(loss);
+    }
+
+    // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0; with a
+    // sparse unsmoothed label that is the label's class alone.
+    const A gamma = p.focal_gamma;
+    A phi_sum = A(0);
+    A g_sum = A(0);
+    if constexpr (L::has(kLabelLogit)) {
+      if (sparse_focal_label_only) {
+        const FocalTerms<A> terms = focal_terms(st.v[L::at(kLabelLogit)] - m - lse, gamma);
+        phi_sum = terms.phi;
+        g_sum = terms.g;
+      }
+    }
+    if (!sparse_focal_label_only) {
+      Sums<A, 3> r{};
+      walk.chunks([&](int chunk) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          const int j0 = walk.first(chunk, s);
+          A t[V];
+          walk.targets(j0, t);
+#pragma unroll
+          for (int i = 0; i < V; ++i) {
+            const int j = j0 + i;
+            if (!walk.in_row(j)) continue;
+            if (dense_cost) r.v[2] += t[i] * __ldg(p.weights + static_cast<int64_t>(j) * c + jhat);
+            const A ts = smooth(t[i]);
+            if (ts == A(0)) continue;
+            const FocalTerms<A> terms = focal_terms(walk.slot(s)[i] - m - lse, gamma);
+            r.v[0] += ts * terms.phi;
+            r.v[1] += ts * terms.g;
+          }
+        }
+      });
+      r = g.reduce(r, add<A, 3>, Sums<A, 3>{});
+      phi_sum = r.v[0];
+      g_sum = r.v[1];
+      if (dense_cost) w = r.v[2];
+    }
+    const A loss = w * phi_sum;
+    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
+    const A wf = w * f;
+    if (out != nullptr) {
+      if (sparse_focal_label_only) {
+        walk.write(out, [&](int j, A v, A) {
+          return j == y ? focal_grad(wf, prob(v), A(1), g_sum, g_sum) : -wf * prob(v) * g_sum;
+        });
+      } else {
+        walk.write(out, [&](int, A v, A tj) {
+          const A ts = smooth(tj);
+          const A gj = ts == A(0) ? A(0) : focal_terms(v - m - lse, gamma).g;
+          return focal_grad(wf, prob(v), ts, gj, g_sum);
+        });
+      }
+    }
+    return static_cast<double>(f) * static_cast<double>(loss);
   }
-
-  // Per-example weight from the unsmoothed target (DESIGN 2.1).
-  A w = 1;
-  if (p.weight_mode != WeightMode::kNone)
-    w = !sparse ? r.v[4]
-                : __ldg(p.weight_mode == WeightMode::kClass
-                            ? p.weights + y
-                            : p.weights + static_cast<int64_t>(y) * c + jhat);
-
-  const A gamma = p.focal_gamma;
-  if (gamma == A(0)) {
-    if (g.leader()) p.loss[row] = w * ce;
-    if (out == nullptr) return;
-    walk.write(out, [&](A zj, A tj) { return plain_grad(w, prob(zj), smooth(tj), target_sum); });
-    return;
-  }
-
-  // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0.
-  Sums<A, 2> f{};
-  walk.each(!sparse, [&](int, A zj, A tj) {
-    const A ts = smooth(tj);
-    if (ts == A(0)) return;
-    const FocalTerms<A> terms = focal_terms(zj - m - lse, gamma);
-    f.v[0] += ts * terms.phi;
-    f.v[1] += ts * terms.g;
-  });
-  f = g.reduce(f, add<A, 2>);
-  if (g.leader()) p.loss[row] = w * f.v[0];
-  if (out == nullptr) return;
-  const A sum_ts_g = f.v[1];
-  walk.write(out, [&](A zj, A tj) {
-    const A ts = smooth(tj);
-    const A gj = ts == A(0) ? A(0) : focal_terms(zj - m - lse, gamma).g;
-    return focal_grad(w, prob(zj), ts, gj, sum_ts_g);
-  });
 }
+
+// How rows are dealt out: chunks of `rows` rows (a power of two dividing
+// kReduceBlockRows), and where each chunk's sum of scaled losses goes (nullptr: nowhere).
+struct Chunks {
+  int64_t rows;
+  int64_t count;
+  double* partials;
+};
 
 // width: lanes per row for a WarpGroup; clusters: blocks per row for a BlockGroup (> 1 only
 // in a cluster launch of that size).
-template <typename T, typename A, typename Group>
-__global__ void __launch_bounds__(kMaxBlock)
-    softmax_kernel(const SoftmaxProblem<T, A> p, int width, int clusters) {
+template <typename M, typename T, typename A, typename Group>
+__global__ void __launch_bounds__(Group::kMaxThreads, Group::kMinBlocks)
+    softmax_kernel(const SoftmaxProblem<T, A> p, const Chunks chunks, int width, int clusters) {
   Group g(width, clusters);
-  for (int64_t row = g.index(); row < p.n; row += g.count()) softmax_row(p, row, g);
-  g.finish();
+  for (int64_t k = g.first_chunk(); k < chunks.count; k += g.chunk_stride()) {
+    const int64_t row0 = k * chunks.rows;
+    double partial = 0;
+    for (int64_t r = g.first_row(); r < chunks.rows && row0 + r < p.n; r += g.row_stride())
+      partial += softmax_row<M>(p, row0 + r, g);
+    if (chunks.partials != nullptr) g.write_partial(partial, chunks.partials + k);
+  }
 }
 
-// f(j0) for each 16-byte vector [j0, j0 + V) of a flat array of `total` elements whose
-// first element lies `head` elements past a 16-byte boundary.
-template <int V, typename F>
-__device__ __forceinline__ void each_flat_vector(int64_t total, int head, F f) {
-  const int64_t vectors = (head + total + V - 1) / V;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors;
-       v += stride)
-    f(v * V - head);
+// block_sums[b] = partials [b * per_block, (b + 1) * per_block) added in order, a warp each.
+__global__ void __launch_bounds__(kFlatBlock)
+    block_sums_kernel(const double* partials, int64_t count, int64_t per_block, int64_t blocks,
+                      double* block_sums) {
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; b < blocks;
+       b += stride) {
+    const int64_t end = std::min((b + 1) * per_block, count);
+    double sum = 0;
+    for (int64_t k = b * per_block + lane; k < end; k += 32) sum += partials[k];
+    sum = warp_leader_sum(sum, 1);
+    if (lane == 0) block_sums[b] = sum;
+  }
 }
 
-// Column of the first element of [j0, j0 + V) inside the array, and its row.
+// ---------------------------------------------------------------------------------------
+// Sigmoid: a warp per chunk of the flat [n, c] array (a piece of one reduction block's
+// elements), its lanes taking the chunk's 16-byte vectors in turn.
+
+struct ElementChunks {
+  int64_t block_elements;  // c * kReduceBlockRows
+  int64_t piece;           // elements per chunk
+  int64_t pieces;          // chunks per reduction block
+  int64_t count;
+  double* partials;  // one per chunk, or nullptr
+};
+
+// Row and column of flat element k; columns advance one element at a time.
 struct Position {
   int64_t row;
   int64_t col;
 };
-
-__device__ __forceinline__ Position position_of(int64_t j0, int64_t c) {
-  const int64_t k = j0 < 0 ? 0 : j0;
-  return {k / c, k % c};
-}
 
 __device__ __forceinline__ void advance(Position& at, int64_t c) {
   if (++at.col == c) {
@@ -571,52 +864,79 @@ __device__ __forceinline__ void advance(Position& at, int64_t c) {
   }
 }
 
-template <typename T, typename A>
-__global__ void __launch_bounds__(kFlatBlock) sigmoid_kernel(const SigmoidProblem<T, A> p) {
+template <bool kFocal, typename T, typename A>
+__global__ void __launch_bounds__(kFlatBlock)
+    sigmoid_kernel(const SigmoidProblem<T, A> p, const ElementChunks chunks) {
   constexpr int V = kVec<T>;
   const int64_t total = p.n * p.c;
-  each_flat_vector<V>(total, misalignment(p.logits), [&](int64_t j0) {
-    A z[V], y[V], loss[V] = {}, grad[V] = {};
-    load_acc<V>(p.logits, j0, total, z);
-    load_acc<V>(p.labels, j0, total, y);
-    Position at = position_of(j0, p.c);
+  const int head = misalignment(p.logits);
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  for (int64_t k = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+       k < chunks.count; k += stride) {
+    const int64_t block = k / chunks.pieces;
+    const int64_t block_begin = block * chunks.block_elements;
+    const int64_t begin = block_begin + (k - block * chunks.pieces) * chunks.piece;
+    const int64_t end =
+        std::min(std::min(begin + chunks.piece, block_begin + chunks.block_elements), total);
+    double partial = 0;
+    for (int64_t j0 = ((begin + head) / V + lane) * V - head; j0 < end; j0 += 32 * V) {
+      A z[V], y[V], loss[V], grad[V];
+      load_acc<V>(p.logits, j0, begin, end, z);
+      load_acc<V>(p.labels, j0, begin, end, y);
+      const int64_t first = std::max(j0, begin);
+      Position at{first / p.c, first % p.c};
+      A scaled = A(0);  // sum of f * loss over the vector
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (j0 + i < 0 || j0 + i >= total) continue;
-      if (y[i] < A(0) || y[i] > A(1)) {
-        loss[i] = grad[i] = quiet_nan(A(0));
-      } else {
-        const SigmoidTerms<A> terms = sigmoid_terms(
-            z[i], smooth_binary_label(y[i], p.label_smoothing),
-            class_value(p.pos_weight, p.pos_weight_size, at.col),
-            class_value(p.neg_weight, p.neg_weight_size, at.col), p.focal_gamma);
-        loss[i] = terms.loss;
-        grad[i] = terms.grad;
+      for (int i = 0; i < V; ++i) {
+        loss[i] = grad[i] = A(0);
+        const int64_t e = j0 + i;
+        if (e < begin || e >= end) continue;
+        const A f = (p.row_scale != nullptr ? __ldg(p.row_scale + at.row) : A(1)) * p.scale;
+        if (y[i] < A(0) || y[i] > A(1)) {
+          loss[i] = grad[i] = quiet_nan(A(0));
+        } else {
+          const SigmoidTerms<A> terms = sigmoid_terms_with<kFocal, StdMath>(
+              z[i], smooth_binary_label(y[i], p.label_smoothing),
+              class_value(p.pos_weight, p.pos_weight_size, at.col),
+              class_value(p.neg_weight, p.neg_weight_size, at.col), p.focal_gamma);
+          loss[i] = terms.loss;
+          const A es = p.element_scale != nullptr ? __ldg(p.element_scale + e) : A(1);
+          grad[i] = es * f * terms.grad;
+        }
+        scaled += f * loss[i];
+        advance(at, p.c);
       }
-      advance(at, p.c);
+      if (p.loss != nullptr) store<V>(p.loss, j0, begin, end, [&](int i) { return loss[i]; });
+      if (p.backprop != nullptr)
+        store<V>(p.backprop, j0, begin, end, [&](int i) { return grad[i]; });
+      partial += static_cast<double>(scaled);
     }
-    store<V>(p.loss, j0, total, [&](int i) { return loss[i]; });
-    if (p.backprop != nullptr) store<V>(p.backprop, j0, total, [&](int i) { return grad[i]; });
-  });
+    if (chunks.partials != nullptr) {
+      partial = warp_leader_sum(partial, 1);
+      if (lane == 0) chunks.partials[k] = partial;
+    }
+  }
 }
 
+// out = in * *scale; nothing at all when in == out and *scale == 1 (the reduced losses'
+// usual upstream gradient), decided here so the host never waits for the scalar.
 template <typename T, typename A>
 __global__ void __launch_bounds__(kFlatBlock)
-    scale_kernel(const T* in, const A* scale, T* out, int64_t n, int64_t c, bool per_row) {
+    scale_kernel(const T* in, const A* scale, T* out, int64_t count) {
   constexpr int V = kVec<T>;
-  const int64_t total = n * c;
-  each_flat_vector<V>(total, misalignment(in), [&](int64_t j0) {
-    A v[V];
-    load_acc<V>(in, j0, total, v);
-    Position at = position_of(j0, c);
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      if (j0 + i < 0 || j0 + i >= total) continue;
-      v[i] *= __ldg(scale + (per_row ? at.row : j0 + i));
-      advance(at, c);
-    }
-    store<V>(out, j0, total, [&](int i) { return v[i]; });
-  });
+  const A s = __ldg(scale);
+  if (s == A(1) && in == out) return;
+  const int head = misalignment(in);
+  const int64_t vectors = (head + count + V - 1) / V;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors;
+       v += stride) {
+    const int64_t j0 = v * V - head;
+    A x[V];
+    load_acc<V>(in, j0, int64_t{0}, count, x);
+    store<V>(out, j0, int64_t{0}, count, [&](int i) { return x[i] * s; });
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -686,10 +1006,75 @@ int pow2_at_least(int64_t x) {
   return p;
 }
 
-// A grid of at most a few waves: groups loop over rows, so more blocks only add launch work.
+// A grid of at most a few waves: groups loop over chunks, so more blocks only add launch work.
 int64_t grid_for(int64_t blocks, int threads, const Device& d) {
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / threads) * 8;
   return blocks < cap ? blocks : cap;
+}
+
+// Chunks for groups of `threads` threads that take `min_rows` rows at a time: the largest
+// that still gives about kTargetWarps warps work. It depends only on n and the group's
+// shape, so block sums are the same on every run.
+Chunks plan_chunks(int64_t n, int64_t threads, int64_t min_rows) {
+  const int64_t target = std::max<int64_t>(1, kTargetWarps * 32 / threads);
+  int64_t rows = kReduceBlockRows;
+  while (rows > min_rows && ceil_div(n, rows) < target) rows /= 2;
+  return {rows, ceil_div(n, rows), nullptr};
+}
+
+// The partials' scratch comes from the stream-ordered pool; where a device has none,
+// cudaMalloc and a cudaFree that waits for the device.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  cudaError_t allocate(size_t bytes) {
+    cudaError_t status = cudaMallocAsync(&ptr_, bytes, stream_);
+    if (status == cudaErrorNotSupported) {
+      cudaGetLastError();
+      pooled_ = false;
+      status = cudaMalloc(&ptr_, bytes);
+    }
+    if (status != cudaSuccess) ptr_ = nullptr;
+    return status;
+  }
+  double* get() const { return static_cast<double*>(ptr_); }
+  ~Scratch() {
+    if (ptr_ == nullptr) return;
+    if (pooled_) {
+      cudaFreeAsync(ptr_, stream_);
+    } else {
+      cudaFree(ptr_);
+    }
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+  bool pooled_ = true;
+};
+
+// Points `partials` at block_sums when a chunk is a whole reduction block, else at scratch.
+cudaError_t bind_partials(double* block_sums, int64_t per_block, int64_t count,
+                          Scratch* scratch, double** partials) {
+  *partials = nullptr;
+  if (block_sums == nullptr) return cudaSuccess;
+  if (per_block == 1) {
+    *partials = block_sums;
+    return cudaSuccess;
+  }
+  const cudaError_t status = scratch->allocate(static_cast<size_t>(count) * sizeof(double));
+  *partials = scratch->get();
+  return status;
+}
+
+cudaError_t finish_block_sums(const double* partials, int64_t count, int64_t per_block,
+                              int64_t blocks, double* block_sums, const Device& d,
+                              cudaStream_t stream) {
+  if (block_sums == nullptr || per_block == 1) return cudaSuccess;
+  return launch(block_sums_kernel, grid_for(ceil_div(blocks, kFlatBlock / 32), kFlatBlock, d),
+                kFlatBlock, 1, stream, partials, count, per_block, blocks, block_sums);
 }
 
 // How many clusters of this shape can run at once; 0 where clusters are unavailable: they
@@ -722,78 +1107,150 @@ int64_t active_clusters(Kernel kernel, int threads, int clusters, const Device& 
   return active;
 }
 
+// The launch shape of a softmax problem: a kernel, its grid, and the chunks.
+struct SoftmaxShape {
+  int64_t blocks;
+  int threads;
+  int width;
+  int clusters;
+  Chunks chunks;
+};
+
+template <typename M, typename T, typename A>
+cudaError_t softmax_mode(const SoftmaxProblem<T, A>& p, const Device& d, cudaStream_t stream) {
+  auto* warp_kernel = softmax_kernel<M, T, A, WarpGroup>;
+  auto* block_kernel = softmax_kernel<M, T, A, BlockGroup<kSlots<T>>>;
+  auto* kernel = block_kernel;
+  SoftmaxShape shape{};
+  // Vectors a row can touch, over all offsets of its first element.
+  const int64_t vectors = ceil_div(p.c + kVec<T> - 1, kVec<T>);
+  const int64_t threads = ceil_div(vectors, kSlots<T>);
+  if (vectors <= 32) {
+    kernel = warp_kernel;
+    shape.width = pow2_at_least(vectors);
+    shape.threads = kRowBlock;
+    shape.clusters = 1;
+    shape.chunks = plan_chunks(p.n, 32, 32 / shape.width);
+    shape.blocks = grid_for(ceil_div(shape.chunks.count, kRowBlock / 32), kRowBlock, d);
+  } else if (threads <= kMaxBlock) {
+    shape.threads = static_cast<int>(ceil_div(threads, 32) * 32);
+    shape.clusters = 1;
+    shape.chunks = plan_chunks(p.n, shape.threads, 1);
+    shape.blocks = grid_for(shape.chunks.count, shape.threads, d);
+  } else {
+    // Beyond one block: a cluster holds the row in its blocks' registers, or walks longer
+    // rows in chunks whose re-reads come from L2 (few rows are in flight per cluster).
+    shape.threads = kMaxBlock;
+    shape.clusters = 1;
+    for (const int limit : {kMaxCluster, kPortableCluster}) {
+      const int clusters = static_cast<int>(std::min<int64_t>(ceil_div(threads, kMaxBlock), limit));
+      const int block = static_cast<int>(
+          std::min<int64_t>(ceil_div(ceil_div(threads, clusters), 32) * 32, kMaxBlock));
+      const int64_t active = active_clusters(block_kernel, block, clusters, d);
+      if (active > 0) {
+        shape.threads = block;
+        shape.clusters = clusters;
+        shape.chunks = plan_chunks(p.n, static_cast<int64_t>(block) * clusters, 1);
+        shape.blocks = std::min<int64_t>(shape.chunks.count, 2 * active) * clusters;
+        break;
+      }
+    }
+    if (shape.clusters == 1) {
+      shape.chunks = plan_chunks(p.n, kMaxBlock, 1);
+      shape.blocks = grid_for(shape.chunks.count, kMaxBlock, d);
+    }
+  }
+  const int64_t per_block = kReduceBlockRows / shape.chunks.rows;
+  const int64_t blocks = ceil_div(p.n, kReduceBlockRows);
+  Scratch scratch(stream);
+  cudaError_t status =
+      bind_partials(p.block_sums, per_block, shape.chunks.count, &scratch, &shape.chunks.partials);
+  if (status != cudaSuccess) return status;
+  status = launch(kernel, shape.blocks, shape.threads, shape.clusters, stream, p, shape.chunks,
+                  shape.width, shape.clusters);
+  if (status != cudaSuccess) return status;
+  return finish_block_sums(shape.chunks.partials, shape.chunks.count, per_block, blocks,
+                           p.block_sums, d, stream);
+}
+
+template <bool kFocal, typename T, typename A>
+cudaError_t sigmoid_mode(const SigmoidProblem<T, A>& p, const Device& d, cudaStream_t stream) {
+  constexpr int64_t V = kVec<T>;
+  const int64_t blocks = ceil_div(p.n, kReduceBlockRows);
+  const int64_t first_block = std::min<int64_t>(p.n, kReduceBlockRows) * p.c;
+  // Pieces of at least a vector per lane, whole vectors, enough of them to fill the GPU.
+  const int64_t most = std::max<int64_t>(1, first_block / (32 * V));
+  const int64_t wanted = std::min(std::max<int64_t>(1, ceil_div(kTargetWarps, blocks)), most);
+  ElementChunks chunks{};
+  chunks.block_elements = kReduceBlockRows * p.c;
+  chunks.piece = ceil_div(ceil_div(first_block, wanted), V) * V;
+  chunks.pieces = ceil_div(first_block, chunks.piece);
+  chunks.count = blocks * chunks.pieces;
+  Scratch scratch(stream);
+  cudaError_t status =
+      bind_partials(p.block_sums, chunks.pieces, chunks.count, &scratch, &chunks.partials);
+  if (status != cudaSuccess) return status;
+  status = launch(sigmoid_kernel<kFocal, T, A>,
+                  grid_for(ceil_div(chunks.count, kFlatBlock / 32), kFlatBlock, d), kFlatBlock, 1,
+                  stream, p, chunks);
+  if (status != cudaSuccess) return status;
+  return finish_block_sums(chunks.partials, chunks.count, chunks.pieces, blocks, p.block_sums, d,
+                           stream);
+}
+
 }  // namespace
 
 template <typename T, typename A>
 cudaError_t softmax_rows(const SoftmaxProblem<T, A>& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
-  if (p.n < 0 || p.c < 1 || p.c > kMaxClasses || p.logits == nullptr || p.loss == nullptr)
-    return cudaErrorInvalidValue;
+  if (p.n < 0 || p.c < 1 || p.c > kMaxClasses || p.logits == nullptr) return cudaErrorInvalidValue;
+  if (p.loss == nullptr && p.backprop == nullptr && p.block_sums == nullptr) return cudaSuccess;
   Device d;
   const cudaError_t status = current_device(&d);
   if (status != cudaSuccess) return status;
-
-  // Vectors a row can touch, over all offsets of its first element.
-  const int64_t vectors = ceil_div(p.c + kVec<T> - 1, kVec<T>);
-  if (vectors <= 32) {
-    const int width = pow2_at_least(vectors);
-    return launch(softmax_kernel<T, A, WarpGroup>,
-                  grid_for(ceil_div(p.n, kRowBlock / width), kRowBlock, d), kRowBlock, 1, stream,
-                  p, width, 1);
-  }
-  auto* kernel = softmax_kernel<T, A, BlockGroup<kSlots<T>>>;
-  const int64_t threads = ceil_div(vectors, kSlots<T>);
-  if (threads <= kMaxBlock) {
-    const int block = static_cast<int>(ceil_div(threads, 32) * 32);
-    return launch(kernel, grid_for(p.n, block, d), block, 1, stream, p, 0, 1);
-  }
-  // Beyond one block: a cluster holds the row in its blocks' registers, or walks longer
-  // rows in chunks whose re-reads come from L2 (few rows are in flight per cluster).
-  for (const int limit : {kMaxCluster, kPortableCluster}) {
-    const int clusters = static_cast<int>(std::min<int64_t>(ceil_div(threads, kMaxBlock), limit));
-    const int block =
-        static_cast<int>(std::min<int64_t>(ceil_div(ceil_div(threads, clusters), 32) * 32, kMaxBlock));
-    const int64_t active = active_clusters(kernel, block, clusters, d);
-    if (active > 0) {
-      const int64_t groups = std::min<int64_t>(p.n, 2 * active);
-      return launch(kernel, groups * clusters, block, clusters, stream, p, 0, clusters);
-    }
-  }
-  return launch(kernel, grid_for(p.n, kMaxBlock, d), kMaxBlock, 1, stream, p, 0, 1);
+  const bool dense = p.dense != nullptr;
+  if (p.loss_kind == SoftmaxLoss::kExpectedCost)
+    return dense ? softmax_mode<Mode<Kind::kExpectedCost, true>>(p, d, stream)
+                 : softmax_mode<Mode<Kind::kExpectedCost, false>>(p, d, stream);
+  if (p.focal_gamma != A(0))
+    return dense ? softmax_mode<Mode<Kind::kFocal, true>>(p, d, stream)
+                 : softmax_mode<Mode<Kind::kFocal, false>>(p, d, stream);
+  return dense ? softmax_mode<Mode<Kind::kCrossEntropy, true>>(p, d, stream)
+               : softmax_mode<Mode<Kind::kCrossEntropy, false>>(p, d, stream);
 }
 
 template <typename T, typename A>
 cudaError_t sigmoid_elements(const SigmoidProblem<T, A>& p, cudaStream_t stream) {
   if (p.n == 0 || p.c == 0) return cudaSuccess;
-  if (p.n < 0 || p.c < 0 || p.logits == nullptr || p.labels == nullptr || p.loss == nullptr)
+  if (p.n < 0 || p.c < 0 || p.logits == nullptr || p.labels == nullptr)
     return cudaErrorInvalidValue;
+  if (p.loss == nullptr && p.backprop == nullptr && p.block_sums == nullptr) return cudaSuccess;
   Device d;
   const cudaError_t status = current_device(&d);
   if (status != cudaSuccess) return status;
-  const int64_t vectors = ceil_div(p.n * p.c + kVec<T> - 1, kVec<T>);
-  return launch(sigmoid_kernel<T, A>, grid_for(ceil_div(vectors, kFlatBlock), kFlatBlock, d),
-                kFlatBlock, 1, stream, p);
+  return p.focal_gamma != A(0) ? sigmoid_mode<true>(p, d, stream)
+                               : sigmoid_mode<false>(p, d, stream);
 }
 
 template <typename T, typename A>
-cudaError_t scale_gradient(const T* in, const A* scale, T* out, int64_t n, int64_t c,
-                           bool per_row, cudaStream_t stream) {
-  if (n == 0 || c == 0) return cudaSuccess;
-  if (n < 0 || c < 0 || in == nullptr || scale == nullptr || out == nullptr)
+cudaError_t scale_by_device_scalar(const T* in, const A* scale, T* out, int64_t count,
+                                   cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (count < 0 || in == nullptr || scale == nullptr || out == nullptr)
     return cudaErrorInvalidValue;
   Device d;
   const cudaError_t status = current_device(&d);
   if (status != cudaSuccess) return status;
-  const int64_t vectors = ceil_div(n * c + kVec<T> - 1, kVec<T>);
+  const int64_t vectors = ceil_div(count + kVec<T> - 1, kVec<T>);
   return launch(scale_kernel<T, A>, grid_for(ceil_div(vectors, kFlatBlock), kFlatBlock, d),
-                kFlatBlock, 1, stream, in, scale, out, n, c, per_row);
+                kFlatBlock, 1, stream, in, scale, out, count);
 }
 
-#define COSTXENT_INSTANTIATE(T, A)                                                          \
-  template cudaError_t softmax_rows<T, A>(const SoftmaxProblem<T, A>&, cudaStream_t);       \
-  template cudaError_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, cudaStream_t);   \
-  template cudaError_t scale_gradient<T, A>(const T*, const A*, T*, int64_t, int64_t, bool, \
-                                            cudaStream_t);
+#define COSTXENT_INSTANTIATE(T, A)                                                        \
+  template cudaError_t softmax_rows<T, A>(const SoftmaxProblem<T, A>&, cudaStream_t);     \
+  template cudaError_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, cudaStream_t); \
+  template cudaError_t scale_by_device_scalar<T, A>(const T*, const A*, T*, int64_t,      \
+                                                    cudaStream_t);
 COSTXENT_FOR_EACH_TYPE_PAIR(COSTXENT_INSTANTIATE)
 #undef COSTXENT_INSTANTIATE
 
