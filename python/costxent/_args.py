@@ -198,6 +198,15 @@ def checked_weights(name: str, value: Any, nonnegative: bool) -> Any:
     return CheckedWeights(name, array)
 
 
+def _checked_eagerly(name: str, tensor: tf.Tensor, nonnegative: bool) -> bool:
+    """Check a weight tensor's values now if they are known now (eager execution); inside a
+    traced function they are checked when the op runs."""
+    if not tf.executing_eagerly():
+        return False
+    check_weight_values(name, tensor.numpy(), nonnegative)
+    return True
+
+
 def _weight_tensor(
     name: str, value: Any, expected_shape: tuple, dtype: tf.DType, nonnegative: bool
 ) -> tuple[tf.Tensor, bool]:
@@ -208,7 +217,7 @@ def _weight_tensor(
             raise ValueError(
                 f"{name} must have shape {list(expected_shape)}, got shape {tensor.shape}"
             )
-        return tf.ensure_shape(tensor, expected_shape), False
+        return tf.ensure_shape(tensor, expected_shape), _checked_eagerly(name, tensor, nonnegative)
     if isinstance(value, CheckedWeights):
         array = value.values
     else:
@@ -355,7 +364,8 @@ def _binary_weight(name: str, value: Any, c: int, dtype: tf.DType) -> tuple[tf.T
             raise ValueError(
                 f"{name} must be a scalar or have shape [{c}], got shape {tuple(value.shape)}"
             )
-        return tf.reshape(tf.cast(value, dtype), (1,) if rank == 0 else (c,)), False
+        tensor = tf.reshape(tf.cast(value, dtype), (1,) if rank == 0 else (c,))
+        return tensor, _checked_eagerly(name, tensor, nonnegative=True)
     array = value.values if isinstance(value, CheckedWeights) else np.asarray(value, np.float64)
     if array.ndim == 0:
         array = array.reshape(1)
