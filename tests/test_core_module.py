@@ -246,18 +246,30 @@ def test_sigmoid_python_number_weights() -> None:
     assert_close("grad", grad, case.grad, "float64")
 
 
-@pytest.mark.parametrize("per_row", [True, False])
 @pytest.mark.parametrize("dtype", NUMPY_DTYPES)
-def test_scale_gradient(dtype: str, per_row: bool) -> None:
-    rng = rng_for("scale", dtype, per_row)
+def test_scale_gradient(dtype: str) -> None:
+    rng = rng_for("scale", dtype)
     grad = core_cases.round_to(rng.normal(size=(7, 5)), dtype).astype(dtype)
-    scale = rng.normal(size=7 if per_row else (7, 5)).astype(acc_dtype(dtype))
-    want = grad.astype(np.float64) * (scale[:, None] if per_row else scale)
-    out = _core.scale_gradient(grad, scale, per_row=per_row)
-    assert_close("scaled", out, want, dtype)
-    in_place = grad.copy()
-    assert _core.scale_gradient(in_place, scale, in_place, per_row=per_row) is in_place
-    np.testing.assert_array_equal(in_place, out)
+    for value in (np.array(-1.5), np.array([0.25]), np.array(1.0)):
+        scale = value.astype(acc_dtype(dtype))
+        out = _core.scale_gradient(grad, scale)
+        assert_close("scaled", out, grad.astype(np.float64) * float(value.reshape(())), dtype)
+        in_place = grad.copy()
+        assert _core.scale_gradient(in_place, scale, in_place) is in_place
+        np.testing.assert_array_equal(in_place, out)
+
+
+@pytest.mark.parametrize(
+    "scale, error, message",
+    [
+        (np.ones(2, np.float32), ValueError, r"scale must be a scalar \(shape \[\] or \[1\]\), got shape \[2\]"),
+        (np.ones((1, 1), np.float32), ValueError, r"scale must be a scalar .* got shape \[1, 1\]"),
+        (np.ones((), np.float64), TypeError, "scale must have dtype float32, got dtype float64"),
+    ],
+)
+def test_scale_gradient_takes_a_scalar(scale: np.ndarray, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        _core.scale_gradient(np.zeros((3, 2), np.float32), scale)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,10 +23,12 @@
 #include "cc/core/cpu.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
+#include "cc/core/scale.h"
 #include "cc/core/spec.h"
 
 #if COSTXENT_WITH_CUDA
 #include "cc/core/cuda.h"
+#include "cc/core/cuda_reduce.h"
 #endif
 
 namespace py = pybind11;
@@ -327,19 +329,6 @@ void require_finite_scale(double scale) {
     throw py::value_error("scale must be a finite number, got " + std::to_string(scale));
 }
 
-// The CUDA kernels do not apply row_scale / element_scale / scale nor write block sums yet,
-// so a CUDA call asking for them is refused rather than silently unscaled.
-void require_cuda_plain(const Array& logits, bool scaled, bool reduced) {
-  if (logits.place() != Place::kCuda) return;
-  if (reduced)
-    throw py::value_error("reduction= other than 'none' is not supported for arrays on a "
-                          "CUDA device yet (the CUDA kernels write no block sums); logits are "
-                          "on " + logits.device_string());
-  if (scaled)
-    throw py::value_error("row_scale, element_scale and scale are not supported for arrays on "
-                          "a CUDA device yet; logits are on " + logits.device_string());
-}
-
 // ---------------------------------------------------------------------------------------
 // Storage types.
 
@@ -431,15 +420,13 @@ int64_t run_cpu(int64_t total, double cycles_per_unit, int64_t grain, F fn) {
   return -1;
 }
 
-// out = in * scale[:, None] (per_row) or in * scale, as one problem like the others.
+// out = in * *scale over count elements, as one problem like the others.
 template <typename T, typename A>
 struct ScaleProblem {
   const T* in;
   const A* scale;
   T* out;
-  int64_t n;
-  int64_t c;
-  bool per_row;
+  int64_t count;
 };
 
 #if COSTXENT_WITH_CUDA
@@ -453,7 +440,7 @@ cudaError_t launch(const SigmoidProblem<T, A>& p, cudaStream_t stream) {
 }
 template <typename T, typename A>
 cudaError_t launch(const ScaleProblem<T, A>& p, cudaStream_t stream) {
-  return cuda::scale_gradient(p.in, p.scale, p.out, p.n, p.c, p.per_row, stream);
+  return cuda::scale_by_device_scalar(p.in, p.scale, p.out, p.count, stream);
 }
 
 // Makes the arrays' device current for a launch and restores the caller's.
@@ -475,6 +462,13 @@ class DeviceScope {
 };
 #endif
 
+[[noreturn]] void no_cuda(const Array& logits, const char* what) {
+  throw py::value_error(logits.name() + " is on " + logits.device_string() + " but " +
+                        std::string(what) +
+                        ": costxent._core was built without CUDA kernels (no nvcc at build "
+                        "time)");
+}
+
 // Enqueues the problem on `stream` of the arrays' CUDA device.
 template <typename Problem>
 void run_cuda(const Array& logits, const char* what, const Problem& p, int64_t stream) {
@@ -489,12 +483,86 @@ void run_cuda(const Array& logits, const char* what, const Problem& p, int64_t s
 #else
   (void)p;
   (void)stream;
-  throw py::value_error(logits.name() + " is on " + logits.device_string() + " but " +
-                        std::string(what) +
-                        ": costxent._core was built without CUDA kernels (no nvcc at build "
-                        "time)");
+  no_cuda(logits, what);
 #endif
 }
+
+#if COSTXENT_WITH_CUDA
+// Doubles in the memory of a CUDA device, from its stream-ordered pool, for a reduced call's
+// divisor and block sums; freed on the stream once its work is done.
+class DeviceDoubles {
+ public:
+  DeviceDoubles(int device, int64_t count, int64_t stream)
+      : scope_(device), stream_(reinterpret_cast<cudaStream_t>(stream)) {
+    const size_t bytes = sizeof(double) * static_cast<size_t>(std::max<int64_t>(count, 1));
+    DeviceScope::check(cudaMallocAsync(reinterpret_cast<void**>(&data_), bytes, stream_),
+                       "cudaMallocAsync");
+  }
+  DeviceDoubles(const DeviceDoubles&) = delete;
+  DeviceDoubles& operator=(const DeviceDoubles&) = delete;
+  ~DeviceDoubles() { cudaFreeAsync(data_, stream_); }
+
+  double* data() const { return data_; }
+
+  // Waits for the stream's work so far, then copies the first count values to the host.
+  void copy_to(double* host, int64_t count) const {
+    if (count == 0) return;
+    cudaError_t status;
+    {
+      py::gil_scoped_release release;
+      status = cudaMemcpyAsync(host, data_, sizeof(double) * static_cast<size_t>(count),
+                               cudaMemcpyDeviceToHost, stream_);
+      if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+    }
+    DeviceScope::check(status, "copying a reduction to the host");
+  }
+
+ private:
+  DeviceScope scope_;
+  cudaStream_t stream_;
+  double* data_ = nullptr;
+};
+#endif
+
+// The block sums of a reduced call over n rows, written on the logits' device; total() adds
+// them on the host in block order, so the scalar never depends on how rows were split.
+class BlockSums {
+ public:
+  BlockSums(const Array& logits, int64_t n, int64_t stream)
+      : host_((n + kReduceBlockRows - 1) / kReduceBlockRows, 0.0) {
+    if (logits.place() != Place::kCuda) return;
+#if COSTXENT_WITH_CUDA
+    device_ = std::make_unique<DeviceDoubles>(logits.device_id(), size(), stream);
+#else
+    (void)stream;
+    no_cuda(logits, "a reduced call");
+#endif
+  }
+
+  double* data() {
+#if COSTXENT_WITH_CUDA
+    if (device_ != nullptr) return device_->data();
+#endif
+    return host_.data();
+  }
+
+  double total() {
+#if COSTXENT_WITH_CUDA
+    if (device_ != nullptr) device_->copy_to(host_.data(), size());
+#endif
+    double sum = 0;
+    for (double b : host_) sum += b;
+    return sum;
+  }
+
+ private:
+  int64_t size() const { return static_cast<int64_t>(host_.size()); }
+
+  std::vector<double> host_;
+#if COSTXENT_WITH_CUDA
+  std::unique_ptr<DeviceDoubles> device_;
+#endif
+};
 
 // The outputs of a loss call, wired into its problem; the Arrays keep the buffers borrowed
 // during the run. A per-example call writes loss (shape loss_shape); a reduced one writes
@@ -504,13 +572,11 @@ struct LossOutputs {
   std::unique_ptr<Array> backprop;
   py::object loss_out = py::none();
   py::object backprop_out = py::none();
-  std::vector<double> block_sums;
+  std::unique_ptr<BlockSums> block_sums;
 
-  py::tuple result(bool reduced) const {
-    if (!reduced) return py::make_tuple(loss_out, backprop_out);
-    double total = 0;
-    for (double b : block_sums) total += b;  // in block order: the sum never depends on threads
-    return py::make_tuple(total, backprop_out);
+  py::tuple result() {
+    if (block_sums == nullptr) return py::make_tuple(loss_out, backprop_out);
+    return py::make_tuple(block_sums->total(), backprop_out);
   }
 };
 
@@ -524,8 +590,8 @@ LossOutputs loss_outputs(Problem& p, bool reduced, const std::vector<int64_t>& l
     if (!loss_obj.is_none())
       throw py::value_error("loss= is the per-example output; a reduced call (reduction= other "
                             "than 'none') returns its scalar loss instead");
-    o.block_sums.assign((p.n + kReduceBlockRows - 1) / kReduceBlockRows, 0.0);
-    p.block_sums = o.block_sums.data();
+    o.block_sums = std::make_unique<BlockSums>(logits, p.n, stream);
+    p.block_sums = o.block_sums->data();
   } else {
     o.loss_out = output<A>("loss", loss_obj, loss_shape, logits, stream, &o.loss);
     p.loss = o.loss->data<A>();
@@ -557,20 +623,37 @@ int64_t run_loss(const Array& logits, const char* what, const Problem& p, int64_
 // reduce_weighted_values) over n rows, of which rows labelled ignore_class are masked out:
 // 1 for 'sum'; the number of kept rows for 'sum_over_batch_size'; the sum of the kept rows'
 // sample weights for 'mean_with_sample_weight' (their number without sample weights).
+// Labels and weights are read where they live: a CUDA call waits for the sum.
 template <typename A>
-double keras_divisor(Reduction reduction, int64_t n, const A* sample_weight,
+double keras_divisor(const Array& logits, Reduction reduction, int64_t n, const A* sample_weight,
                      const int32_t* labels32, const int64_t* labels64, bool has_ignore_class,
-                     int64_t ignore_class) {
+                     int64_t ignore_class, int64_t stream) {
   if (reduction == Reduction::kSum) return 1;
   const bool weighted = reduction == Reduction::kMeanWithSampleWeight && sample_weight != nullptr;
   if (!weighted && !has_ignore_class) return static_cast<double>(n);
+  if (!weighted) sample_weight = nullptr;
+  if (logits.place() == Place::kCuda) {
+#if COSTXENT_WITH_CUDA
+    const DeviceDoubles sum(logits.device_id(), 1, stream);
+    DeviceScope::check(cuda::kept_weight_sum(n, sample_weight, labels32, labels64,
+                                             has_ignore_class, ignore_class, sum.data(),
+                                             reinterpret_cast<cudaStream_t>(stream)),
+                       "the divisor of a reduction");
+    double divisor = 0;
+    sum.copy_to(&divisor, 1);
+    return divisor;
+#else
+    (void)stream;
+    no_cuda(logits, "a reduced call");
+#endif
+  }
   double divisor = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (has_ignore_class) {
       const int64_t y = labels32 != nullptr ? labels32[i] : labels64[i];
       if (y == ignore_class) continue;
     }
-    divisor += weighted ? static_cast<double>(sample_weight[i]) : 1.0;
+    divisor += sample_weight != nullptr ? static_cast<double>(sample_weight[i]) : 1.0;
   }
   return divisor;
 }
@@ -613,7 +696,6 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
   raise_if_error(validate_softmax(&spec));
   require_finite_scale(scale);
   const bool reduced = spec.reduction != Reduction::kNone;
-  require_cuda_plain(logits, row_scale != nullptr || scale != 1, reduced);
   logits.require_contiguous();
   for (const Array* a : std::initializer_list<const Array*>{&labels, weights.get(), row_scale.get()})
     require_input(a, logits);
@@ -646,13 +728,13 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
     p.ignore_class = spec.ignore_class;
     if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
     p.scale = static_cast<A>(
-        reduced ? reduced_scale(scale, keras_divisor(spec.reduction, p.n, p.row_scale,
+        reduced ? reduced_scale(scale, keras_divisor(logits, spec.reduction, p.n, p.row_scale,
                                                      p.labels32, p.labels64,
-                                                     p.has_ignore_class, p.ignore_class))
+                                                     p.has_ignore_class, p.ignore_class, stream))
                 : scale);
 
     const std::vector<int64_t>& shape = spec.logits.shape;
-    const LossOutputs out = loss_outputs<T, A>(
+    LossOutputs out = loss_outputs<T, A>(
         p, reduced, std::vector<int64_t>(shape.begin(), shape.end() - 1), shape, loss_obj,
         backprop_obj, compute_backprop, logits, stream);
     const int64_t bad = run_loss(
@@ -661,7 +743,7 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
         reduced ? kReduceBlockRows : 1,
         [&](int64_t begin, int64_t end) { return cpu::softmax_rows(p, begin, end); });
     if (bad >= 0) throw py::value_error(invalid_label_message(spec, bad, label_at(p, bad)));
-    return out.result(reduced);
+    return out.result();
   });
 }
 
@@ -741,8 +823,6 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
   raise_if_error(validate_sigmoid(&spec));
   require_finite_scale(scale);
   const bool reduced = spec.reduction != Reduction::kNone;
-  require_cuda_plain(logits, element_scale != nullptr || row_scale != nullptr || scale != 1,
-                     reduced);
   logits.require_contiguous();
   for (const Array* a : std::initializer_list<const Array*>{
            &labels, pos.array.get(), neg.array.get(), element_scale.get(), row_scale.get()})
@@ -768,12 +848,12 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
     // A reduced call follows keras.losses.BinaryCrossentropy: the per-example loss is the
     // mean over the last axis, so the divisor carries a factor C.
     p.scale = static_cast<A>(
-        reduced ? reduced_scale(scale, keras_divisor<A>(spec.reduction, p.n, p.row_scale, nullptr,
-                                                        nullptr, false, 0) *
+        reduced ? reduced_scale(scale, keras_divisor<A>(logits, spec.reduction, p.n, p.row_scale,
+                                                        nullptr, nullptr, false, 0, stream) *
                                            static_cast<double>(p.c))
                 : scale);
 
-    const LossOutputs out =
+    LossOutputs out =
         loss_outputs<T, A>(p, reduced, spec.logits.shape, spec.logits.shape, loss_obj,
                            backprop_obj, compute_backprop, logits, stream);
     const int64_t bad = run_loss(
@@ -783,51 +863,38 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
     if (bad >= 0)
       throw py::value_error(
           invalid_sigmoid_label_message(spec, bad, static_cast<double>(to_acc(p.labels[bad]))));
-    return out.result(reduced);
+    return out.result();
   });
 }
 
 // ---------------------------------------------------------------------------------------
-// scale_gradient: out = grad * scale[..., None] (per_row) or grad * scale (element-wise).
+// scale_gradient: out = grad * scale, scale a scalar on grad's device (the upstream gradient
+// of a reduced loss); nothing is written when out is grad and scale is 1.
 
 py::object scale_gradient(const py::object& grad_obj, const py::object& scale_obj,
-                          const py::object& out_obj, bool per_row, int64_t stream) {
+                          const py::object& out_obj, int64_t stream) {
   const Array grad("grad", grad_obj, stream);
-  if (grad.ndim() < 1)
-    throw py::value_error("grad must have a class axis (rank >= 1), got shape " +
-                          shape_string(grad.shape()));
   grad.require_contiguous();
-  const std::vector<int64_t> shape = grad.shape();
-  const std::vector<int64_t> lead(shape.begin(), shape.end() - 1);
-  const int64_t c = shape.back();
-  const int64_t n = c == 0 ? 0 : grad.size() / c;
   const Array scale("scale", scale_obj, stream);
   scale.require_same_device(grad);
+  if (scale.size() != 1 || scale.ndim() > 1)
+    throw py::value_error("scale must be a scalar (shape [] or [1]), got shape " +
+                          shape_string(scale.shape()));
   return with_float_type(grad, [&](auto tag) -> py::object {
     using T = typename decltype(tag)::type;
     using A = typename Acc<T>::type;
     scale.require_dtype(dl_type<A>());
-    scale.require_shape(per_row ? lead : shape,
-                        per_row ? "(grad's leading shape: one per row)" : "(grad's shape)");
-    scale.require_contiguous();
     std::unique_ptr<Array> out;
-    py::object result = output<T>("out", out_obj, shape, grad, stream, &out);
-    const ScaleProblem<T, A> p{grad.data<T>(), scale.data<A>(), out->data<T>(), n, c, per_row};
+    py::object result = output<T>("out", out_obj, grad.shape(), grad, stream, &out);
+    const ScaleProblem<T, A> p{grad.data<T>(), scale.data<A>(), out->data<T>(), grad.size()};
     if (grad.place() == Place::kCuda) {
       run_cuda(grad, "scale_gradient", p, stream);
-    } else {
+    } else if (!(p.in == p.out && *p.scale == A(1))) {
       py::gil_scoped_release release;
-      if (per_row) {
-        run_cpu(n, static_cast<double>(c), 1, [&](int64_t begin, int64_t end) {
-          cpu::scale_rows(p.in, p.scale, p.out, c, begin, end);
-          return int64_t{-1};
-        });
-      } else {
-        run_cpu(n * c, 1.0, 1, [&](int64_t begin, int64_t end) {
-          cpu::scale_elements(p.in, p.scale, p.out, begin, end);
-          return int64_t{-1};
-        });
-      }
+      run_cpu(p.count, 1.0, 1, [&](int64_t begin, int64_t end) {
+        scale_span(p.in, *p.scale, p.out, begin, end);
+        return int64_t{-1};
+      });
     }
     return result;
   });
@@ -867,12 +934,14 @@ PYBIND11_MODULE(_core, m) {
         "of the logits' shape and dtype. weights (float32; float64 for float64 logits): None, "
         "class weights [C] or a cost matrix [C, C] indexed M[true, predicted], told apart by "
         "rank; expected_cost requires the matrix.\n\n"
-        "reduction='none' returns (loss [N], backprop [..., C] or None) with backprop row i = "
+        "reduction='none' returns (loss of shape logits.shape[:-1], backprop of the logits' "
+        "shape or None) with backprop row i = "
         "row_scale[i] * scale * d loss_i / d logits_i (row_scale: an upstream gradient of the "
         "leading shape; None: 1). Any other reduction ('sum', 'sum_over_batch_size', "
         "'mean_with_sample_weight', as Keras) takes row_scale as sample_weight, masks rows "
         "labelled ignore_class, divides by its divisor (0 gives 0) and returns (loss: float, "
-        "the reduced loss times scale, backprop of it or None); CPU arrays only.");
+        "the reduced loss times scale, backprop of it or None). On a CUDA device a reduced "
+        "call waits for its divisor and its block sums.");
   m.def("sigmoid_loss", &sigmoid_loss, py::arg("logits"), py::arg("labels"),
         py::arg("pos_weight") = py::none(), py::arg("neg_weight") = py::none(), py::kw_only(),
         py::arg("label_smoothing") = 0.0, py::arg("focal_gamma") = 0.0,
@@ -887,13 +956,14 @@ PYBIND11_MODULE(_core, m) {
         "of the leading shape; None: 1). reduction='none' returns (loss [..., C], backprop or "
         "None); any other reduction follows keras.losses.BinaryCrossentropy (the per-example "
         "loss is the mean over the last axis, row_scale is sample_weight) and returns "
-        "(loss: float, the reduced loss times scale, backprop of it or None); CPU arrays "
-        "only.");
+        "(loss: float, the reduced loss times scale, backprop of it or None).");
   m.def("scale_gradient", &scale_gradient, py::arg("grad"), py::arg("scale"),
-        py::arg("out") = py::none(), py::kw_only(), py::arg("per_row") = true,
-        py::arg("stream") = 0,
-        "out = grad * scale[..., None] (per_row: scale of grad's leading shape) or "
-        "grad * scale (scale of grad's shape); out may be grad.");
+        py::arg("out") = py::none(), py::kw_only(), py::arg("stream") = 0,
+        "out = grad * scale: the backward of a reduced loss, scale its upstream gradient (a "
+        "scalar array of shape [] or [1] in the accumulation dtype, on grad's device). out may "
+        "be grad; then nothing is written when scale is 1 (decided on the device, without a "
+        "sync). Per-example upstream gradients go into the loss call as row_scale / "
+        "element_scale instead.");
   m.def("has_cuda", &has_cuda, "Whether this build has the CUDA kernels.");
   m.def("cpu_instruction_set", &cpu::instruction_set,
         "The CPU kernels' instruction set chosen at load time.");
