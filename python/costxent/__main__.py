@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -45,6 +46,38 @@ def info() -> int:
     return 0
 
 
+def bench_harness_dir() -> Optional[Path]:
+    """The ``benchmarks/`` folder holding the CPU benchmark harness, or None.
+
+    The harness is tooling, not part of the package, so wheels do not ship it: look in the
+    source tree this package was loaded from (a checkout, an editable install or
+    ``tools/dev_build.sh``, whose package links back into the tree), then in the current
+    folder (an installed package run from a checkout's root).
+    """
+    source_root = Path(__file__).resolve().parents[2]
+    for root in (source_root, Path.cwd()):
+        if (root / "benchmarks" / "cpu_bench.py").is_file():
+            return root / "benchmarks"
+    return None
+
+
+def bench(argv: Sequence[str]) -> int:
+    """``python -m costxent bench``: run ``benchmarks/cpu_bench.py`` with ``argv``."""
+    harness = bench_harness_dir()
+    if harness is None:
+        print(
+            "python -m costxent bench runs benchmarks/cpu_bench.py from the costxent source "
+            "tree, which installed wheels do not include: run it from the root of a checkout "
+            "of the repository (or run `python benchmarks/cpu_bench.py` there).",
+            file=sys.stderr,
+        )
+        return 2
+    sys.path.insert(0, str(harness))
+    import cpu_bench
+
+    return cpu_bench.main(argv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m costxent``."""
     parser = argparse.ArgumentParser(prog="python -m costxent")
@@ -59,9 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from costxent import demo
 
         return demo.main(rest)
-    from costxent import bench
-
-    return bench.main(rest)
+    return bench(rest)
 
 
 if __name__ == "__main__":
