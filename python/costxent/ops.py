@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 from tensorflow.python import pywrap_tfe
-from tensorflow.python.eager import record
+from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.ops import control_flow_util
 
 from costxent import _args, _library, reference
@@ -73,7 +73,8 @@ def _gradient_reason(logits: tf.Tensor, extras: list) -> Optional[str]:
             "a gradient tape watches the labels or weights, which the fused op does not "
             "differentiate"
         )
-    if pywrap_tfe.TFE_Py_TapeSetPossibleGradientTypes([logits]) == 2:
+    higher_order = pywrap_tfe.TFE_Py_TapeSetPossibleGradientTypes([logits]) == 2
+    if higher_order or forwardprop_util.pack_tangents([logits]).tangents:
         return (
             "a higher-order or forward-mode gradient may be taken here (nested tapes or "
             "tf.autodiff.ForwardAccumulator); the fused op provides first-order gradients"
