@@ -33,7 +33,8 @@ void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t 
 double softmax_row_cycles(int64_t c, bool dense, bool focal);
 double sigmoid_element_cycles(bool focal);
 
-// The instruction set the dispatcher picked at load time: "avx2-fma" or "baseline".
+// The instruction set the dispatcher picked at first use: "avx512" (F, BW, DQ, VL with AVX2,
+// FMA, F16C), "avx2-fma" (with F16C) or "baseline".
 const char* instruction_set();
 
 }  // namespace cpu

@@ -6,53 +6,73 @@
 #include "cc/core/cpu_isa.h"
 
 COSTXENT_DECLARE_CPU_ISA(baseline)
-#if defined(COSTXENT_HAVE_AVX2)
+#if defined(COSTXENT_HAVE_X86_ISAS)
 COSTXENT_DECLARE_CPU_ISA(avx2)
+COSTXENT_DECLARE_CPU_ISA(avx512)
 #endif
 
 namespace costxent {
 namespace cpu {
 namespace {
 
-bool use_avx2() {
-#if defined(COSTXENT_HAVE_AVX2)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+// The features each build is compiled for (CMakeLists.txt); GCC's checks include the OS
+// support (XSAVE state) of the AVX and AVX-512 registers.
+Isa pick_isa() {
+#if defined(COSTXENT_HAVE_X86_ISAS)
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return Isa::kAvx512;
+  if (avx2) return Isa::kAvx2;
 #endif
+  return Isa::kBaseline;
+}
+
+Isa isa() {
+  static const Isa chosen = pick_isa();
+  return chosen;
 }
 
 }  // namespace
 
-#if defined(COSTXENT_HAVE_AVX2)
+#if defined(COSTXENT_HAVE_X86_ISAS)
 // Calls FN<T, A> of the chosen build.
-#define COSTXENT_DISPATCH(FN, ...) (use_avx2() ? avx2::FN<T, A>(__VA_ARGS__) : baseline::FN<T, A>(__VA_ARGS__))
+#define COSTXENT_DISPATCH(FN, ...)                                 \
+  (isa() == Isa::kAvx512 ? avx512::FN<T, A>(__VA_ARGS__)          \
+   : isa() == Isa::kAvx2 ? avx2::FN<T, A>(__VA_ARGS__)            \
+                         : baseline::FN<T, A>(__VA_ARGS__))
 #else
 // Calls FN<T, A> of the chosen build.
 #define COSTXENT_DISPATCH(FN, ...) baseline::FN<T, A>(__VA_ARGS__)
 #endif
 
-// Two scratch rows of `length` values per thread: exp(z - max) and per-class focal terms or
-// expected costs (softmax), or the repeated per-class pos / neg weights (sigmoid).
+// `count` scratch values per thread: two rows of C rounded up to whole vectors (exp(z - max),
+// and focal terms or expected costs) for softmax; the repeated per-class pos / neg weights
+// and rows of positions for sigmoid.
 template <typename A>
-A* scratch_rows(int64_t length) {
-  thread_local std::vector<A> scratch;
-  if (scratch.size() < static_cast<size_t>(2 * length)) scratch.resize(2 * length);
-  return scratch.data();
+A* scratch(int64_t count) {
+  thread_local std::vector<A> values;
+  if (values.size() < static_cast<size_t>(count)) values.resize(count);
+  return values.data();
 }
+
+// Vectors are at most 16 lanes in every build.
+constexpr int64_t kMaxLanes = 16;
 
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   if (begin >= end) return -1;
-  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch_rows<A>(p.c));
+  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch<A>(2 * (p.c + kMaxLanes)));
 }
 
 template <typename T, typename A>
 int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end) {
   if (begin >= end) return -1;
   return COSTXENT_DISPATCH(sigmoid_elements, p, begin, end,
-                           scratch_rows<A>(sigmoid_weight_period(p.c)));
+                           scratch<A>(3 * sigmoid_weight_period(p.c)));
 }
 
 template <typename T, typename A>
@@ -74,7 +94,16 @@ double softmax_row_cycles(int64_t c, bool dense, bool focal) {
 
 double sigmoid_element_cycles(bool focal) { return focal ? 80.0 : 8.0; }
 
-const char* instruction_set() { return use_avx2() ? "avx2-fma" : "baseline"; }
+const char* instruction_set() {
+  switch (isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2-fma";
+    default:
+      return "baseline";
+  }
+}
 
 #define COSTXENT_INSTANTIATE(T, A)                                                  \
   template int64_t softmax_rows<T, A>(const SoftmaxProblem<T, A>&, int64_t, int64_t); \

@@ -1,23 +1,26 @@
 // CPU kernels, compiled once per instruction set (COSTXENT_CPU_ISA names the namespace).
 //
-// A softmax row is walked in cache: pass 1 reads the logits from memory (max, finiteness),
-// pass 2 stores exp(z - max) in a per-thread scratch row, the last pass writes the gradient.
-// Reductions use `omp simd` (with -fopenmp-simd, no OpenMP runtime) so they vectorize
-// without -ffast-math; their order is fixed at compile time, so results are bitwise
-// reproducible. No standard-library template is instantiated here: an AVX2 copy of one
-// could be chosen by the linker for the baseline build.
+// The softmax row algorithm is written once (softmax_row below) over a "walker" that owns
+// the row's layout, the shape of DESIGN 1's per-row algorithm:
+//   - RowWalk walks one row in chunks of kLanes classes (C > kSmallClasses): a chunk's
+//     lanes are classes, row reductions are horizontal, per-row values are broadcast;
+//   - TileWalk walks kLanes rows at once (C <= kSmallClasses): the tile is transposed to
+//     [class][row], a chunk is one class of every row, lanes are rows, so row reductions
+//     are plain lane-wise sums and every per-row step (the log included) is one vector op.
+// Both modes are chosen at compile time, so sparse plain cross-entropy only computes the
+// max, the exp sums and z_y. Sums run in a fixed order (long rows in float blocks of
+// kSumBlock chunks added in double), so results are bitwise reproducible and a row's result
+// never depends on how rows were split between calls. No standard-library template is
+// instantiated here: an AVX2 copy of one could be chosen by the linker for the baseline build.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "cc/core/cpu_isa.h"
+#include "cc/core/cpu_simd.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
 #include "cc/core/row_math.h"
-
-#ifndef COSTXENT_CPU_ISA
-#error "COSTXENT_CPU_ISA must name the instruction-set namespace"
-#endif
 
 COSTXENT_DECLARE_CPU_ISA(COSTXENT_CPU_ISA)
 
@@ -26,474 +29,794 @@ namespace cpu {
 namespace COSTXENT_CPU_ISA {
 namespace {
 
-#define CX_INLINE inline __attribute__((always_inline))
+// Chunks summed in float before a sum moves into its double accumulator: 64 terms per lane.
+constexpr int64_t kSumBlock = 64;
 
-// Branch-free float select. GCC does not if-convert `c ? a : b` on floats inside these
-// loops (it keeps a branch and gives up vectorizing), but it vectorizes bit operations.
-CX_INLINE float select(bool c, float a, float b) {
-  const uint32_t mask = 0u - static_cast<uint32_t>(c);
-  return __builtin_bit_cast(float, (__builtin_bit_cast(uint32_t, a) & mask) |
-                                       (__builtin_bit_cast(uint32_t, b) & ~mask));
-}
-CX_INLINE double select(bool c, double a, double b) { return c ? a : b; }
+template <typename T, typename A>
+struct Options {
+  int64_t c;
+  A eps;
+  A inv_c;
+  A gamma;
+  A lam;
+  WeightMode weight_mode;
+  const A* weights;
+};
 
-// exp(x) for x <= 0 in float: Cephes' polynomial on x - n ln2, 2^n built from bits.
-// Results below float's normal range flush to 0; NaN in gives garbage, which callers never
-// use (a row with a non-finite logit is written as NaN before any exp is read).
-CX_INLINE float exp_nonpositive(float x) {
-  const bool underflow = x < -87.0f;
-  const float clamped = select(underflow, -87.0f, x);
-  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  const uint32_t biased = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  return select(underflow, 0.0f, poly * __builtin_bit_cast(float, biased));
-}
+// A kernel's modes. Focal rows take the weight mode at run time (their per-class terms cost
+// more than a branch), the others at compile time.
+template <SoftmaxLoss kKind_, bool kSparse_, WeightMode kWeight_, bool kFocal_>
+struct Mode {
+  static constexpr SoftmaxLoss kKind = kKind_;
+  static constexpr bool kSparse = kSparse_;
+  static constexpr WeightMode kWeight = kWeight_;
+  static constexpr bool kFocal = kFocal_;
+};
 
-CX_INLINE double exp_nonpositive(double x) { return std::exp(x); }
-
-// log(u * 2^exponent) for u in [1, 2]: Cephes' logf polynomial around 1 or sqrt(2), with
-// ln 2 split in two so the exponent term adds no rounding error.
-CX_INLINE float log_scaled(float u, float exponent) {
-  const bool high = u > 1.41421356f;
-  const float x = select(high, u * 0.5f - 1.0f, u - 1.0f);
-  const float k = exponent + select(high, 1.0f, 0.0f);
-  const float z = x * x;
-  float y = 7.0376836292e-2f;
-  y = y * x - 1.1514610310e-1f;
-  y = y * x + 1.1676998740e-1f;
-  y = y * x - 1.2420140846e-1f;
-  y = y * x + 1.4249322787e-1f;
-  y = y * x - 1.6668057665e-1f;
-  y = y * x + 2.0000714765e-1f;
-  y = y * x - 2.4999993993e-1f;
-  y = y * x + 3.3333331174e-1f;
-  y = y * x * z;
-  y += -2.12194440e-4f * k;
-  y += -0.5f * z;
-  return x + y + 0.693359375f * k;
-}
-
-// log(x) for a positive normal float (a softmax denominator, >= 1).
-CX_INLINE float log_positive(float x) {
-  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
-  const float exponent = static_cast<float>(static_cast<int32_t>(bits >> 23) - 127);
-  return log_scaled(__builtin_bit_cast(float, (bits & 0x7fffffu) | 0x3f800000u), exponent);
-}
-
-CX_INLINE double log_positive(double x) { return std::log(x); }
-
-// log1p(e) for e in [0, 1]; log(u) * e / (u - 1) undoes the rounding of u = 1 + e.
-CX_INLINE float log1p_unit(float e) {
-  const float u = 1.0f + e;
-  const float d = u - 1.0f;
-  const bool exact = d == 0.0f;
-  return select(exact, e, log_scaled(u, 0.0f) * (e / select(exact, 1.0f, d)));
-}
-
-CX_INLINE double log1p_unit(double e) { return std::log1p(e); }
-
-// expm1(x) for x <= 0: exp(x) - 1 loses nothing below -0.35 (the result is below -0.29);
-// above, the Taylor series to x^9 is exact to float precision.
-CX_INLINE float expm1_nonpositive(float x) {
-  float series = 1.0f / 362880.0f;
-  series = series * x + 1.0f / 40320.0f;
-  series = series * x + 1.0f / 5040.0f;
-  series = series * x + 1.0f / 720.0f;
-  series = series * x + 1.0f / 120.0f;
-  series = series * x + 1.0f / 24.0f;
-  series = series * x + 1.0f / 6.0f;
-  series = series * x + 0.5f;
-  series = series * x * x + x;
-  return select(x < -0.35f, exp_nonpositive(x) - 1.0f, series);
-}
-
-CX_INLINE double expm1_nonpositive(double x) { return std::expm1(x); }
-
-// row_math.h's elementary functions as vectorizable polynomials (float) or libm (double).
-struct FastMath {
-  template <typename A>
-  static CX_INLINE A exp(A x) {
-    return exp_nonpositive(x);
+// Running sums of a walker's chunks. RowWalk's flush every kSumBlock chunks and add up
+// their lanes in double; TileWalk's lanes are rows, each summing at most kSmallClasses terms.
+template <typename P, int N>
+struct RowSums {
+  typename P::F lane[N];
+  typename P::W wide[N];
+  CX_INLINE RowSums() {
+    for (int i = 0; i < N; ++i) {
+      lane[i] = 0;
+      wide[i] = 0;
+    }
   }
-  template <typename A>
-  static CX_INLINE A log(A x) {
-    return log_positive(x);
-  }
-  template <typename A>
-  static CX_INLINE A log1p(A x) {
-    return log1p_unit(x);
-  }
-  template <typename A>
-  static CX_INLINE A expm1(A x) {
-    return expm1_nonpositive(x);
-  }
-  template <typename A>
-  static CX_INLINE A select(bool c, A a, A b) {
-    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  CX_INLINE void flush() {
+    for (int i = 0; i < N; ++i) {
+      wide[i] = wide[i] + P::widen(lane[i]);
+      lane[i] = 0;
+    }
   }
 };
 
-// Per-example weight w_i from the unsmoothed target (DESIGN 2.1): sum_k t_k a_k for class
-// weights, sum_k t_k M[k, jhat] for a cost matrix, one entry for sparse label y; 1 without
-// weights. target(k) gives t_k of a dense row.
-template <typename T, typename A, typename Target>
-CX_INLINE A example_weight(const SoftmaxProblem<T, A>& p, int64_t y, int64_t jhat,
-                           Target target) {
-  if (p.weight_mode == WeightMode::kNone) return A(1);
-  const bool cost = p.weight_mode == WeightMode::kCost;
-  const int64_t stride = cost ? p.c : 1;
-  const int64_t column = cost ? jhat : 0;
-  if (p.dense == nullptr) return p.weights[y * stride + column];
-  A w = 0;
-  for (int64_t k = 0; k < p.c; ++k) w += target(k) * p.weights[k * stride + column];
-  return w;
-}
+template <typename P, int N>
+struct TileSums {
+  typename P::F lane[N];
+  CX_INLINE TileSums() {
+    for (int i = 0; i < N; ++i) lane[i] = 0;
+  }
+  CX_INLINE void flush() {}
+};
 
+template <bool kFull_>
+struct Whole {
+  static constexpr bool kFull = kFull_;
+};
+
+template <bool kFull_>
+struct RowChunk {
+  static constexpr bool kFull = kFull_;
+  int64_t j0;
+};
+
+// One row of C classes, in chunks of kLanes. keep() rows are scratch of C rounded up to
+// whole chunks.
 template <typename T, typename A>
-CX_INLINE void fill_row(T* out, int64_t c, A value) {
-  const T v = from_acc<T>(value);
-  for (int64_t j = 0; j < c; ++j) out[j] = v;
-}
+struct RowWalk {
+  using P = Packs<A>;
+  using F = typename P::F;
+  using I = typename P::I;
+  static constexpr int W = P::kLanes;
 
-// One softmax row. `e` and `aux` are scratch rows of c values.
-template <typename T, typename A>
-CX_INLINE void softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, int64_t y, A* e,
-                           A* aux) {
-  const int64_t c = p.c;
-  const T* z = p.logits + row * c;
-  const T* t = p.dense != nullptr ? p.dense + row * c : nullptr;
-  T* out = p.backprop != nullptr ? p.backprop + row * c : nullptr;
-  const A eps = p.label_smoothing;
-  const A inv_c = A(1) / static_cast<A>(c);
+  int64_t c;
+  const T* z;
+  const T* t;
+  T* out;
+  A* keep_rows[2];
 
-  // Pass 1: max, and a sum of (z - z) that is NaN iff some logit is NaN or infinite.
-  A m = -INFINITY;
-  A nonfinite = 0;
-#pragma omp simd reduction(max : m) reduction(+ : nonfinite)
-  for (int64_t j = 0; j < c; ++j) {
-    const A v = to_acc(z[j]);
-    m = v > m ? v : m;
-    nonfinite += v - v;
+  template <typename Fn>
+  CX_INLINE void each(Fn&& fn) const {
+    int64_t j = 0;
+    for (; j + W <= c; j += W) fn(RowChunk<true>{j});
+    if (j < c) fn(RowChunk<false>{j});
   }
-  if (!(nonfinite == A(0))) {
-    const A nan = quiet_nan(A(0));
-    p.loss[row] = nan;
-    if (out != nullptr) fill_row(out, c, nan);
-    return;
-  }
-
-  // Pass 2: e_j = exp(z_j - m), their sum, and sum_j zs_j (for smoothing).
-  A sum = 0;
-  A zs_sum = 0;
-#pragma omp simd reduction(+ : sum, zs_sum)
-  for (int64_t j = 0; j < c; ++j) {
-    const A zs = to_acc(z[j]) - m;
-    const A v = exp_nonpositive(zs);
-    e[j] = v;
-    sum += v;
-    zs_sum += zs;
-  }
-  const A lse = std::log(sum);
-  const A inv_sum = A(1) / sum;
-
-  // The unsmoothed target's reductions: sum_j t_j, sum_j t_j zs_j.
-  A t_sum = 1;
-  A t_dot_zs = 0;
-  if (t != nullptr) {
-    t_sum = 0;
-#pragma omp simd reduction(+ : t_sum, t_dot_zs)
-    for (int64_t j = 0; j < c; ++j) {
-      const A tj = to_acc(t[j]);
-      t_sum += tj;
-      t_dot_zs += tj * (to_acc(z[j]) - m);
+  template <typename S, typename Fn>
+  CX_INLINE void each_sum(S& s, Fn&& fn) const {
+    int64_t j = 0;
+    while (j + W <= c) {
+      const int64_t stop = j + kSumBlock * W;
+      for (; j + W <= c && j < stop; j += W) fn(RowChunk<true>{j}, s);
+      s.flush();
     }
-  } else {
-    t_dot_zs = to_acc(z[y]) - m;
+    if (j < c) {
+      fn(RowChunk<false>{j}, s);
+      s.flush();
+    }
   }
-  // Smoothed: S = (1 - eps) sum t + eps, sum ts zs = (1 - eps) sum t zs + eps/C sum zs.
-  const A target_sum = (A(1) - eps) * t_sum + eps;
-  const A target_dot_zs = (A(1) - eps) * t_dot_zs + eps * inv_c * zs_sum;
-  const A ce = shifted_cross_entropy(target_sum, lse, target_dot_zs);
-  auto target = [&](int64_t j) -> A {
-    const A tj = t != nullptr ? to_acc(t[j]) : (j == y ? A(1) : A(0));
-    return smooth_target(tj, eps, inv_c);
+  template <int N>
+  CX_INLINE RowSums<P, N> sums() const {
+    return {};
+  }
+  template <typename S, typename C>
+  CX_INLINE void add(S& s, int i, const C& ch, F v) const {
+    if constexpr (C::kFull) {
+      s.lane[i] += v;
+    } else {
+      s.lane[i] += select(P::first_lanes(c - ch.j0), v, F(0));
+    }
+  }
+  template <int N>
+  CX_INLINE F total(const RowSums<P, N>& s, int i) const {
+    return F(static_cast<A>(P::sum_wide(s.wide[i])));
+  }
+  CX_INLINE F max_of(F lanes) const { return P::reduce_max(lanes); }
+  CX_INLINE F sum_of(F lanes) const { return P::reduce_add(lanes); }
+  // The lowest index holding the max m.
+  CX_INLINE I argmax_of(F lanes, I index, F m) const {
+    return P::reduce_min(select(lanes == m, index, I(INT32_MAX)));
+  }
+
+  template <typename C>
+  CX_INLINE F z_at(const C& ch) const {
+    if constexpr (C::kFull) {
+      return P::load(z + ch.j0);
+    } else {
+      return P::load_first(z + ch.j0, c - ch.j0, z[ch.j0]);  // neutral for max and z - z
+    }
+  }
+  template <typename C>
+  CX_INLINE F t_at(const C& ch) const {
+    if constexpr (C::kFull) {
+      return P::load(t + ch.j0);
+    } else {
+      return P::load_first(t + ch.j0, c - ch.j0, T{});
+    }
+  }
+  template <typename C>
+  CX_INLINE I cls(const C& ch) const {
+    return I(static_cast<int32_t>(ch.j0)) + P::iota();
+  }
+  template <typename C>
+  CX_INLINE void keep(int slot, const C& ch, F v) const {
+    P::store(keep_rows[slot] + ch.j0, v);
+  }
+  template <typename C>
+  CX_INLINE F kept(int slot, const C& ch) const {
+    return P::load(keep_rows[slot] + ch.j0);
+  }
+  template <typename C>
+  CX_INLINE void write(const C& ch, F v) const {
+    if constexpr (C::kFull) {
+      P::store(out + ch.j0, v);
+    } else {
+      P::store_first(out + ch.j0, v, c - ch.j0);
+    }
+  }
+  // table[j] and table[row * c + j] for the chunk's classes j.
+  template <typename C>
+  CX_INLINE F class_values(const A* table, const C& ch) const {
+    if constexpr (C::kFull) {
+      return P::load(table + ch.j0);
+    } else {
+      return P::load_first(table + ch.j0, c - ch.j0, A(0));
+    }
+  }
+  template <typename C>
+  CX_INLINE F row_table(const A* table, I row, const C& ch) const {
+    return class_values(table + static_cast<int64_t>(P::lane0(row)) * c, ch);
+  }
+  // table[j * c + col] for the chunk's classes j.
+  template <typename C>
+  CX_INLINE F column(const A* table, I col, const C& ch) const {
+    A buf[W];
+    const A* base = table + P::lane0(col);
+    for (int l = 0; l < W; ++l) buf[l] = ch.j0 + l < c ? base[(ch.j0 + l) * c] : A(0);
+    return P::load(buf);
+  }
+  // table[row * c + col] and z_y, broadcast.
+  CX_INLINE F lookup(const A* table, I row, I col) const {
+    return F(table[static_cast<int64_t>(P::lane0(row)) * c + P::lane0(col)]);
+  }
+  CX_INLINE F row_value(I y) const { return F(to_acc(z[P::lane0(y)])); }
+  // Expected costs c_j = sum_k t_k M[k, j] of a dense row, over the classes with t_k != 0.
+  CX_INLINE void prepare_dense_costs(const A* m) const {
+    A* costs = keep_rows[1];
+    for (int64_t j = 0; j < c; ++j) costs[j] = 0;
+    for (int64_t k = 0; k < c; ++k) {
+      const A tk = to_acc(t[k]);
+      if (tk == A(0)) continue;
+      const A* mk = m + k * c;
+      for (int64_t j = 0; j < c; ++j) costs[j] += tk * mk[j];
+    }
+  }
+  template <typename C>
+  CX_INLINE F dense_cost(const A*, const C& ch) const {
+    return P::load(keep_rows[1] + ch.j0);
+  }
+  // A row with a non-finite logit is NaN throughout: written now, skipping the other passes.
+  CX_INLINE bool abandon(F nonfinite, bool backprop) const {
+    if (P::lane0(nonfinite) == A(0)) return false;
+    if (backprop) {
+      const T nan = from_acc<T>(quiet_nan(A(0)));
+      for (int64_t j = 0; j < c; ++j) out[j] = nan;
+    }
+    return true;
+  }
+};
+
+struct TileChunk {
+  static constexpr bool kFull = true;
+  int64_t j;
+};
+
+// kLanes consecutive rows (fewer at the end: the missing rows are zero padding) of
+// C <= kSmallClasses classes, transposed to [class][row] on load and back on store.
+constexpr int64_t kSmallClasses = 32;
+
+template <typename T, typename A>
+struct TileWalk {
+  using P = Packs<A>;
+  using F = typename P::F;
+  using I = typename P::I;
+  static constexpr int W = P::kLanes;
+
+  int64_t c;
+  A flat[kSmallClasses * W];  // a tile in row-major order, converted to A
+  A zt[kSmallClasses][W];
+  A tt[kSmallClasses][W];
+  A keep_rows[2][kSmallClasses][W];
+  A out_t[kSmallClasses][W];
+  I to_flat[kSmallClasses];  // flat chunk v's lanes, as indices into [class][row]
+
+  CX_INLINE explicit TileWalk(int64_t classes) : c(classes) {
+    for (int64_t v = 0; v < c; ++v) {
+      int32_t index[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t f = v * W + l;
+        index[l] = static_cast<int32_t>((f % c) * W + f / c);
+      }
+      to_flat[v] = load_index(index);
+    }
+  }
+  static CX_INLINE I load_index(const int32_t* index) {
+    if constexpr (W == 1) {
+      return index[0];
+    } else {
+      return load_int(index);
+    }
+  }
+
+  // Rows [0, rows) of src into [class][row] (A) form.
+  CX_INLINE void transpose_in(const T* src, int64_t rows, A (*dst)[W]) {
+    const int64_t count = rows * c;
+    int64_t k = 0;
+    for (; k + W <= count; k += W) P::store(flat + k, P::load(src + k));
+    if (k < count) {
+      P::store(flat + k, P::load_first(src + k, count - k, T{}));
+      k += W;
+    }
+    for (; k < c * W; k += W) P::store(flat + k, F(0));
+    const I stride = P::iota() * I(static_cast<int32_t>(c));
+    for (int64_t j = 0; j < c; ++j)
+      P::store(dst[j], P::gather(flat, stride + I(static_cast<int32_t>(j))));
+  }
+  CX_INLINE void load(const T* z, const T* t, int64_t rows) {
+    transpose_in(z, rows, zt);
+    if (t != nullptr) transpose_in(t, rows, tt);
+  }
+  // The gradient written by write(), back to rows [0, rows) of dst.
+  CX_INLINE void store(T* dst, int64_t rows) const {
+    const int64_t count = rows * c;
+    for (int64_t v = 0; v * W < count; ++v) {
+      const F g = P::gather(&out_t[0][0], to_flat[v]);
+      if (v * W + W <= count) {
+        P::store(dst + v * W, g);
+      } else {
+        P::store_first(dst + v * W, g, count - v * W);
+      }
+    }
+  }
+
+  template <typename Fn>
+  CX_INLINE void each(Fn&& fn) const {
+    for (int64_t j = 0; j < c; ++j) fn(TileChunk{j});
+  }
+  template <typename S, typename Fn>
+  CX_INLINE void each_sum(S& s, Fn&& fn) const {
+    for (int64_t j = 0; j < c; ++j) fn(TileChunk{j}, s);
+  }
+  template <int N>
+  CX_INLINE TileSums<P, N> sums() const {
+    return {};
+  }
+  template <typename S>
+  CX_INLINE void add(S& s, int i, const TileChunk&, F v) const {
+    s.lane[i] += v;
+  }
+  template <int N>
+  CX_INLINE F total(const TileSums<P, N>& s, int i) const {
+    return s.lane[i];
+  }
+  CX_INLINE F max_of(F lanes) const { return lanes; }
+  CX_INLINE F sum_of(F lanes) const { return lanes; }
+  CX_INLINE I argmax_of(F, I index, F) const { return index; }
+
+  CX_INLINE F z_at(const TileChunk& ch) const { return P::load(zt[ch.j]); }
+  CX_INLINE F t_at(const TileChunk& ch) const { return P::load(tt[ch.j]); }
+  CX_INLINE I cls(const TileChunk& ch) const { return I(static_cast<int32_t>(ch.j)); }
+  CX_INLINE void keep(int slot, const TileChunk& ch, F v) { P::store(keep_rows[slot][ch.j], v); }
+  CX_INLINE F kept(int slot, const TileChunk& ch) const { return P::load(keep_rows[slot][ch.j]); }
+  CX_INLINE void write(const TileChunk& ch, F v) { P::store(out_t[ch.j], v); }
+  CX_INLINE F class_values(const A* table, const TileChunk& ch) const { return F(table[ch.j]); }
+  CX_INLINE F row_table(const A* table, I row, const TileChunk& ch) const {
+    return P::gather(table, row * I(static_cast<int32_t>(c)) + I(static_cast<int32_t>(ch.j)));
+  }
+  CX_INLINE F column(const A* table, I col, const TileChunk& ch) const {
+    return P::gather(table + ch.j * c, col);
+  }
+  CX_INLINE F lookup(const A* table, I row, I col) const {
+    return P::gather(table, row * I(static_cast<int32_t>(c)) + col);
+  }
+  CX_INLINE F row_value(I y) const { return P::gather(&zt[0][0], y * I(W) + P::iota()); }
+  CX_INLINE void prepare_dense_costs(const A*) const {}
+  CX_INLINE F dense_cost(const A* m, const TileChunk& ch) const {
+    F cost = 0;
+    for (int64_t k = 0; k < c; ++k) cost += P::load(tt[k]) * F(m[k * c + ch.j]);
+    return cost;
+  }
+  CX_INLINE bool abandon(F, bool) const { return false; }
+};
+
+// The softmax losses of one walker's rows (DESIGN 2.1, 2.2): returns the per-row loss and,
+// when backprop, writes out_scale * d loss / d z through the walker. y: sparse labels
+// (valid classes). A row with a non-finite logit gives NaN throughout (DESIGN 2.4).
+template <typename Mode, typename Walk, typename T, typename A>
+CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
+                                       typename Walk::F out_scale, typename Walk::I y,
+                                       bool backprop) {
+  using P = typename Walk::P;
+  using F = typename P::F;
+  using I = typename P::I;
+  using Math = typename P::Math;
+  constexpr bool kSparse = Mode::kSparse;
+  constexpr bool kExpected = Mode::kKind == SoftmaxLoss::kExpectedCost;
+  const WeightMode weight_mode = Mode::kFocal ? o.weight_mode : Mode::kWeight;
+  const bool cost_weight = !kExpected && weight_mode == WeightMode::kCost;
+  const bool class_weight = !kExpected && weight_mode == WeightMode::kClass;
+  const F eps = o.eps;
+  const F inv_c = o.inv_c;
+  const bool smooth = o.eps != A(0);
+
+  // Pass 1: max, its lowest index (cost matrix), and a sum of z - z that is NaN iff some
+  // logit is NaN or infinite.
+  F max_lanes = -INFINITY;
+  F nonfinite_lanes = 0;
+  I arg_lanes = 0;
+  walk.each([&](const auto& ch) {
+    const F z = walk.z_at(ch);
+    if (cost_weight) {
+      const auto up = z > max_lanes;
+      arg_lanes = select(up, walk.cls(ch), arg_lanes);
+      max_lanes = select(up, z, max_lanes);
+    } else {
+      max_lanes = max(max_lanes, z);
+    }
+    nonfinite_lanes += z - z;
+  });
+  const F m = walk.max_of(max_lanes);
+  const F nonfinite = walk.sum_of(nonfinite_lanes);
+  if (walk.abandon(nonfinite, backprop)) return nonfinite;
+  const I jhat = cost_weight ? walk.argmax_of(max_lanes, arg_lanes, m) : I(0);
+  const F half_max = F(A(0.5)) * m;
+  if constexpr (kExpected && !kSparse) walk.prepare_dense_costs(o.weights);
+
+  // Pass 2: e_j (kept), the sum split as count (e_j = 1) + rest, the unsmoothed target's
+  // sums, the dense example weight and the expected cost.
+  enum { kRest, kCount, kHalfMean, kTSum, kTDot, kWeightSum, kCostSum, kSums };
+  auto sums = walk.template sums<kSums>();
+  auto cost_of = [&](const auto& ch) -> F {
+    if constexpr (kSparse) {
+      return walk.row_table(o.weights, y, ch);
+    } else {
+      return walk.dense_cost(o.weights, ch);
+    }
+  };
+  walk.each_sum(sums, [&](const auto& ch, auto& s) {
+    const F z = walk.z_at(ch);
+    const F zs = z - m;
+    const F e = Math::exp(zs);
+    walk.keep(0, ch, e);
+    const auto top = zs == F(0);
+    walk.add(s, kRest, ch, select(top, F(0), e));
+    walk.add(s, kCount, ch, select(top, F(1), F(0)));
+    if (!kSparse || smooth) {
+      const F h = half_shift(z, half_max);
+      if (smooth) walk.add(s, kHalfMean, ch, h * inv_c);
+      if constexpr (!kSparse) {
+        const F t = walk.t_at(ch);
+        walk.add(s, kTSum, ch, t);
+        walk.add(s, kTDot, ch, t * h);
+        if (class_weight) walk.add(s, kWeightSum, ch, t * walk.class_values(o.weights, ch));
+        if (cost_weight) walk.add(s, kWeightSum, ch, t * walk.column(o.weights, jhat, ch));
+      }
+    }
+    if constexpr (kExpected) walk.add(s, kCostSum, ch, cost_of(ch) * e);
+  });
+
+  const F rest = walk.total(sums, kRest);
+  const F count = walk.total(sums, kCount);
+  const F lse = log_sum_exp_with<Math>(rest, count);
+  const F inv_sum = F(1) / (count + rest);
+  const F t_sum = kSparse ? F(1) : walk.total(sums, kTSum);
+  const F t_dot_half =
+      kSparse ? half_shift(walk.row_value(y), half_max) : walk.total(sums, kTDot);
+  const F target_sum = smoothed_sum(t_sum, eps);
+  const F target_dot_half =
+      smooth ? smoothed_dot(t_dot_half, eps, walk.total(sums, kHalfMean))
+             : t_dot_half;
+  const F ce = cross_entropy_half(target_sum, lse, target_dot_half);
+  // Smoothed targets: a sparse row's are one of two values.
+  const F on = smooth_target(F(1), eps, inv_c);
+  const F off = smooth_target(F(0), eps, inv_c);
+  auto target = [&](const auto& ch) -> F {
+    if constexpr (kSparse) {
+      return select(walk.cls(ch) == y, on, off);
+    } else {
+      return smooth_target(walk.t_at(ch), eps, inv_c);
+    }
   };
 
-  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
-    // c_j = sum_k t_k M[k, j] from the unsmoothed target: M's row y, or a mix of rows.
-    const A* cost = p.weights + (t == nullptr ? y * c : 0);
-    if (t != nullptr) {
-      for (int64_t j = 0; j < c; ++j) aux[j] = 0;
-      for (int64_t k = 0; k < c; ++k) {
-        const A tk = to_acc(t[k]);
-        if (tk == A(0)) continue;
-        const A* mk = p.weights + k * c;
-#pragma omp simd
-        for (int64_t j = 0; j < c; ++j) aux[j] += tk * mk[j];
-      }
-      cost = aux;
+  if constexpr (kExpected) {
+    const F lam = o.lam;
+    const F expected = walk.total(sums, kCostSum) * inv_sum;
+    if (backprop) {
+      const F factor = out_scale + nonfinite;
+      walk.each([&](const auto& ch) {
+        walk.write(ch, factor * expected_cost_grad(walk.kept(0, ch) * inv_sum, cost_of(ch),
+                                                   expected, lam, target(ch), target_sum));
+      });
     }
-    A expected = 0;
-#pragma omp simd reduction(+ : expected)
-    for (int64_t j = 0; j < c; ++j) expected += cost[j] * e[j];
-    expected *= inv_sum;
-    const A lam = p.ce_weight;
-    p.loss[row] = expected + lam * ce;
-    if (out == nullptr) return;
-    for (int64_t j = 0; j < c; ++j)
-      out[j] = from_acc<T>(
-          expected_cost_grad(e[j] * inv_sum, cost[j], expected, lam, target(j), target_sum));
-    return;
+    return expected + lam * ce + nonfinite;
   }
 
-  int64_t jhat = 0;
-  if (p.weight_mode == WeightMode::kCost) {
-    while (to_acc(z[jhat]) != m) ++jhat;  // lowest index on ties
-  }
-  const A w = example_weight(p, y, jhat, [&](int64_t k) { return to_acc(t[k]); });
+  // Per-example weight from the unsmoothed target (DESIGN 2.1).
+  F w = 1;
+  if (class_weight) w = kSparse ? walk.lookup(o.weights, I(0), y) : walk.total(sums, kWeightSum);
+  if (cost_weight) w = kSparse ? walk.lookup(o.weights, y, jhat) : walk.total(sums, kWeightSum);
+  const F factor = out_scale * w + nonfinite;
 
-  const A gamma = p.focal_gamma;
-  if (gamma == A(0)) {
-    p.loss[row] = w * ce;
-    if (out == nullptr) return;
-    if (t == nullptr) {
-      const A off = eps * inv_c;
-#pragma omp simd
-      for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(w * (e[j] * inv_sum - off));
-      out[y] = from_acc<T>(plain_grad(w, e[y] * inv_sum, target(y), A(1)));
+  if constexpr (Mode::kFocal) {
+    // Pass 3: sum_j ts_j phi_j / 2 and sum_j ts_j g_j; a sparse unsmoothed row has one term.
+    const F gamma = o.gamma;
+    const bool label_only = kSparse && !smooth;
+    F half_phi;
+    F sum_ts_g;
+    if (label_only) {
+      const FocalTerms<F> f = focal_terms_with<Math>(F(A(0.5)) * lse - t_dot_half, gamma);
+      half_phi = f.half_phi;
+      sum_ts_g = f.g;
     } else {
-#pragma omp simd
-      for (int64_t j = 0; j < c; ++j)
-        out[j] = from_acc<T>(plain_grad(w, e[j] * inv_sum, target(j), target_sum));
+      enum { kPhi, kG, kFocalSums };
+      auto focal = walk.template sums<kFocalSums>();
+      walk.each_sum(focal, [&](const auto& ch, auto& s) {
+        const F ts = target(ch);
+        const FocalTerms<F> f = focal_terms_with<Math>(
+            F(A(0.5)) * lse - half_shift(walk.z_at(ch), half_max), gamma);
+        walk.keep(1, ch, f.g);
+        walk.add(s, kPhi, ch, ts * f.half_phi);
+        walk.add(s, kG, ch, ts * f.g);
+      });
+      half_phi = walk.total(focal, kPhi);
+      sum_ts_g = walk.total(focal, kG);
     }
-    return;
+    if (backprop) {
+      walk.each([&](const auto& ch) {
+        const F g = label_only ? sum_ts_g : walk.kept(1, ch);
+        walk.write(ch, focal_grad(factor, walk.kept(0, ch) * inv_sum, target(ch), g, sum_ts_g));
+      });
+    }
+    return F(2) * w * half_phi + nonfinite;
   }
 
-  // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0.
-  A loss = 0;
-  A sum_ts_g = 0;
-  if (t == nullptr && eps == A(0)) {
-    const FocalTerms<A> f = focal_terms_with<FastMath>(to_acc(z[y]) - m - lse, gamma);
-    loss = f.phi;
-    sum_ts_g = f.g;
-  } else {
-    for (int64_t j = 0; j < c; ++j) {
-      const A ts = target(j);
-      const FocalTerms<A> f = focal_terms_with<FastMath>(to_acc(z[j]) - m - lse, gamma);
-      aux[j] = f.g;
-      loss += ts * f.phi;
-      sum_ts_g += ts * f.g;
+  if (backprop) {
+    const F k = factor * target_sum * inv_sum;
+    if constexpr (kSparse) {
+      const F factor_on = factor * on;
+      const F factor_off = factor * off;
+      walk.each([&](const auto& ch) {
+        const F w_ts = select(walk.cls(ch) == y, factor_on, factor_off);
+        walk.write(ch, plain_grad(k, walk.kept(0, ch), w_ts));
+      });
+    } else {
+      const F factor_t = factor * (F(1) - eps);
+      const F factor_off = factor * off;
+      walk.each([&](const auto& ch) {
+        walk.write(ch, plain_grad(k, walk.kept(0, ch), factor_t * walk.t_at(ch) + factor_off));
+      });
     }
   }
-  p.loss[row] = w * loss;
-  if (out == nullptr) return;
-  if (t == nullptr && eps == A(0)) {
-    for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(-w * e[j] * inv_sum * sum_ts_g);
-    out[y] = from_acc<T>(focal_grad(w, e[y] * inv_sum, A(1), sum_ts_g, sum_ts_g));
-  } else {
-    for (int64_t j = 0; j < c; ++j)
-      out[j] = from_acc<T>(focal_grad(w, e[j] * inv_sum, target(j), aux[j], sum_ts_g));
-  }
+  return w * ce + nonfinite;
 }
 
-// Small C: a row is too short to vectorize along, and per-row overhead (reduction setup, a
-// scalar log, a division) would dominate. A block of kBlockRows rows is transposed into
-// [class][row] scratch so that every step below is a unit-stride loop over rows, the
-// per-row log included. Same formulas (row_math.h) as softmax_row.
-constexpr int64_t kSmallClasses = 32;
-constexpr int64_t kBlockRows = 32;
-
+// block_sums of one call: block b = scale * sum over its rows of row_scale * loss, in double,
+// rows in order (TileWalk: lane-wise across its tiles, lanes added at the end).
 template <typename A>
-struct SmallBlock {
-  A z[kSmallClasses][kBlockRows];    // logits, then z - max
-  A e[kSmallClasses][kBlockRows];    // exp(z - max), then the gradient
-  A t[kSmallClasses][kBlockRows];    // dense targets (unsmoothed)
-  A aux[kSmallClasses][kBlockRows];  // expected costs c_j or focal g_j
-  A m[kBlockRows], sum[kBlockRows], zs_sum[kBlockRows], nonfinite[kBlockRows];
-  A inv_sum[kBlockRows], lse[kBlockRows], t_sum[kBlockRows], t_dot_zs[kBlockRows];
-  A w[kBlockRows], loss[kBlockRows], acc[kBlockRows];
-  int64_t y[kBlockRows];
-  bool ignored[kBlockRows];
+struct BlockSums {
+  using P = Packs<A>;
+  double* out;
+  double scale;
+  int64_t block = -1;
+  typename P::W lanes = 0;
+  double serial = 0;
+
+  CX_INLINE void enter(int64_t row) {
+    const int64_t b = row / kReduceBlockRows;
+    if (b == block) return;
+    flush();
+    block = b;
+    lanes = 0;
+    serial = 0;
+  }
+  CX_INLINE void add(int64_t row, double value) {
+    if (out == nullptr) return;
+    enter(row);
+    serial += value;
+  }
+  // rows [row0, row0 + rows) of a tile, lane l holding row row0 + l.
+  CX_INLINE void add_tile(int64_t row0, int64_t rows, typename P::F row_scale,
+                          typename P::F loss) {
+    if (out == nullptr) return;
+    if (row0 / kReduceBlockRows != (row0 + rows - 1) / kReduceBlockRows) {
+      A rs[P::kLanes];
+      A l[P::kLanes];
+      P::store(rs, row_scale);
+      P::store(l, loss);
+      for (int64_t r = 0; r < rows; ++r)
+        add(row0 + r, static_cast<double>(rs[r]) * static_cast<double>(l[r]));
+      return;
+    }
+    enter(row0);
+    lanes = lanes + select(P::first_lanes(rows), P::widen(row_scale) * P::widen(loss),
+                           typename P::W(0));
+  }
+  CX_INLINE void flush() {
+    if (out != nullptr && block >= 0) out[block] = scale * (P::sum_wide(lanes) + serial);
+  }
 };
 
-template <typename T, typename A>
-CX_INLINE A small_target(const SoftmaxProblem<T, A>& p, const SmallBlock<A>& b, int64_t j,
-                         int64_t r, A inv_c) {
-  const A t = p.dense != nullptr ? b.t[j][r] : select(j == b.y[r], A(1), A(0));
-  return smooth_target(t, p.label_smoothing, inv_c);
-}
-
-template <typename T, typename A>
-void small_c_block(const SoftmaxProblem<T, A>& p, int64_t row0, int64_t rows, SmallBlock<A>& b) {
+template <typename Mode, typename T, typename A>
+int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
+  using P = Packs<A>;
+  using F = typename P::F;
+  using I = typename P::I;
   const int64_t c = p.c;
-  const A eps = p.label_smoothing;
-  const A inv_c = A(1) / static_cast<A>(c);
-  const bool dense = p.dense != nullptr;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* z = p.logits + (row0 + r) * c;
-    for (int64_t j = 0; j < c; ++j) b.z[j][r] = to_acc(z[j]);
-    if (dense) {
-      const T* t = p.dense + (row0 + r) * c;
-      for (int64_t j = 0; j < c; ++j) b.t[j][r] = to_acc(t[j]);
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    b.m[r] = -INFINITY;
-    b.nonfinite[r] = 0;
-    b.sum[r] = 0;
-    b.zs_sum[r] = 0;
-    b.t_sum[r] = dense ? A(0) : A(1);
-    b.t_dot_zs[r] = 0;
-  }
-  for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-    for (int64_t r = 0; r < rows; ++r) {
-      const A v = b.z[j][r];
-      b.m[r] = select(v > b.m[r], v, b.m[r]);
-      b.nonfinite[r] += v - v;
-    }
-  }
-  for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-    for (int64_t r = 0; r < rows; ++r) {
-      const A zs = b.z[j][r] - b.m[r];
-      const A v = exp_nonpositive(select(b.nonfinite[r] == A(0), zs, A(0)));
-      b.z[j][r] = zs;
-      b.e[j][r] = v;
-      b.sum[r] += v;
-      b.zs_sum[r] += zs;
-    }
-  }
-  if (dense) {
-    for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-      for (int64_t r = 0; r < rows; ++r) {
-        b.t_sum[r] += b.t[j][r];
-        b.t_dot_zs[r] += b.t[j][r] * b.z[j][r];
+  const Options<T, A> o{c, p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma,
+                        p.ce_weight, p.weight_mode, p.weights};
+  const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
+  RowWalk<T, A> walk{c, nullptr, nullptr, nullptr, {scratch, scratch + stride}};
+  BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
+  const bool backprop = p.backprop != nullptr;
+  for (int64_t row = begin; row < end; ++row) {
+    int64_t y = 0;
+    if constexpr (Mode::kSparse) {
+      y = label_at(p, row);
+      if (p.has_ignore_class && y == p.ignore_class) {
+        if (p.loss != nullptr) p.loss[row] = 0;
+        if (backprop) {
+          T* out = p.backprop + row * c;
+          for (int64_t j = 0; j < c; ++j) out[j] = T{};
+        }
+        sums.add(row, 0.0);
+        continue;
       }
+      if (y < 0 || y >= c) return row;
     }
+    walk.z = p.logits + row * c;
+    walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
+    walk.out = backprop ? p.backprop + row * c : nullptr;
+    const A rs = p.row_scale != nullptr ? p.row_scale[row] : A(1);
+    const A loss = P::lane0(softmax_row<Mode>(walk, o, F(rs * p.scale),
+                                              I(static_cast<int32_t>(y)), backprop));
+    if (p.loss != nullptr) p.loss[row] = loss;
+    sums.add(row, static_cast<double>(rs) * static_cast<double>(loss));
   }
-#pragma omp simd
-  for (int64_t r = 0; r < rows; ++r) {
-    b.lse[r] = log_positive(b.sum[r]);
-    b.inv_sum[r] = A(1) / b.sum[r];
-  }
-  if (!dense) {
-    for (int64_t r = 0; r < rows; ++r) b.t_dot_zs[r] = b.z[b.y[r]][r];
-  }
-  // ce = S lse - sum ts zs, with S and sum ts zs from the unsmoothed sums (as softmax_row).
-  for (int64_t r = 0; r < rows; ++r) {
-    const A target_sum = (A(1) - eps) * b.t_sum[r] + eps;
-    b.acc[r] = target_sum;
-    b.loss[r] = shifted_cross_entropy(
-        target_sum, b.lse[r], (A(1) - eps) * b.t_dot_zs[r] + eps * inv_c * b.zs_sum[r]);
-  }
+  sums.flush();
+  return -1;
+}
 
-  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
-    // aux[j][r] = c_j = sum_k t_k M[k, j]; E = sum_j c_j p_j.
-    for (int64_t r = 0; r < rows; ++r) {
-      A expected = 0;
-      for (int64_t j = 0; j < c; ++j) {
-        A cost = 0;
-        if (dense) {
-          for (int64_t k = 0; k < c; ++k) cost += b.t[k][r] * p.weights[k * c + j];
+template <typename Mode, typename T, typename A>
+int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
+  using P = Packs<A>;
+  using F = typename P::F;
+  using I = typename P::I;
+  constexpr int W = P::kLanes;
+  const int64_t c = p.c;
+  const Options<T, A> o{c, p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma,
+                        p.ce_weight, p.weight_mode, p.weights};
+  TileWalk<T, A> walk(c);
+  BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
+  const bool backprop = p.backprop != nullptr;
+  for (int64_t row0 = begin; row0 < end; row0 += W) {
+    const int64_t rows = end - row0 < W ? end - row0 : W;
+    int32_t labels[W] = {};
+    A ignored[W] = {};
+    bool any_ignored = false;
+    if constexpr (Mode::kSparse) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t y = label_at(p, row0 + r);
+        if (p.has_ignore_class && y == p.ignore_class) {
+          ignored[r] = 1;
+          any_ignored = true;
+        } else if (y < 0 || y >= c) {
+          return row0 + r;
         } else {
-          cost = p.weights[b.y[r] * c + j];
+          labels[r] = static_cast<int32_t>(y);
         }
-        b.aux[j][r] = cost;
-        expected += cost * b.e[j][r];
       }
-      expected *= b.inv_sum[r];
-      b.w[r] = expected;
-      b.loss[r] = expected + p.ce_weight * b.loss[r];
     }
-    for (int64_t j = 0; j < c; ++j) {
-      for (int64_t r = 0; r < rows; ++r)
-        b.e[j][r] = expected_cost_grad(b.e[j][r] * b.inv_sum[r], b.aux[j][r], b.w[r],
-                                       p.ce_weight, small_target(p, b, j, r, inv_c), b.acc[r]);
+    walk.load(p.logits + row0 * c, Mode::kSparse ? nullptr : p.dense + row0 * c, rows);
+    F rs = 1;
+    if (p.row_scale != nullptr) {
+      rs = rows == W ? P::load(p.row_scale + row0) : P::load_first(p.row_scale + row0, rows, A(0));
     }
-  } else {
+    I y = TileWalk<T, A>::load_index(labels);
+    F loss = softmax_row<Mode>(walk, o, rs * F(p.scale), y, backprop);
+    if (any_ignored) loss = select(P::load(ignored) == F(1), F(0), loss);
+    if (p.loss != nullptr) {
+      if (rows == W) {
+        P::store(p.loss + row0, loss);
+      } else {
+        P::store_first(p.loss + row0, loss, rows);
+      }
+    }
+    sums.add_tile(row0, rows, rs, loss);
+    if (!backprop) continue;
+    walk.store(p.backprop + row0 * c, rows);
+    if (!any_ignored) continue;
     for (int64_t r = 0; r < rows; ++r) {
-      int64_t jhat = 0;
-      if (p.weight_mode == WeightMode::kCost) {
-        while (b.z[jhat][r] != A(0) && jhat + 1 < c) ++jhat;  // z - max == 0: lowest index
-      }
-      b.w[r] = example_weight(p, b.y[r], jhat, [&](int64_t k) { return b.t[k][r]; });
-    }
-    const A gamma = p.focal_gamma;
-    if (gamma == A(0)) {
-      for (int64_t r = 0; r < rows; ++r) b.loss[r] *= b.w[r];
-      for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-        for (int64_t r = 0; r < rows; ++r)
-          b.e[j][r] = plain_grad(b.w[r], b.e[j][r] * b.inv_sum[r],
-                                 small_target(p, b, j, r, inv_c), b.acc[r]);
-      }
-    } else {
-      // loss[r] becomes sum_j ts_j phi_j and acc[r] sum_j ts_j g_j.
-      for (int64_t r = 0; r < rows; ++r) {
-        b.loss[r] = 0;
-        b.acc[r] = 0;
-      }
-      for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-        for (int64_t r = 0; r < rows; ++r) {
-          const A ts = small_target(p, b, j, r, inv_c);
-          const FocalTerms<A> f = focal_terms_with<FastMath>(b.z[j][r] - b.lse[r], gamma);
-          b.aux[j][r] = f.g;
-          b.loss[r] += ts * f.phi;
-          b.acc[r] += ts * f.g;
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) b.loss[r] *= b.w[r];
-      for (int64_t j = 0; j < c; ++j) {
-#pragma omp simd
-        for (int64_t r = 0; r < rows; ++r)
-          b.e[j][r] = focal_grad(b.w[r], b.e[j][r] * b.inv_sum[r],
-                                 small_target(p, b, j, r, inv_c), b.aux[j][r], b.acc[r]);
-      }
+      if (ignored[r] == A(0)) continue;
+      T* out = p.backprop + (row0 + r) * c;
+      for (int64_t j = 0; j < c; ++j) out[j] = T{};
     }
   }
+  sums.flush();
+  return -1;
+}
 
-  const A nan = quiet_nan(A(0));
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool finite = b.nonfinite[r] == A(0);
-    const A scale = b.ignored[r] ? A(0) : (finite ? A(1) : nan);
-    p.loss[row0 + r] = b.ignored[r] ? A(0) : (finite ? b.loss[r] : nan);
-    if (p.backprop == nullptr) continue;
-    T* out = p.backprop + (row0 + r) * c;
-    for (int64_t j = 0; j < c; ++j) out[j] = from_acc<T>(finite ? b.e[j][r] * scale : scale);
+// One-lane (float64) problems walk every row alone.
+template <typename Mode, typename T, typename A>
+int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
+  if constexpr (Packs<A>::kLanes > 1) {
+    if (p.c <= kSmallClasses) return rows_by_tile<Mode>(p, begin, end);
+  }
+  return rows_by_row<Mode>(p, begin, end, scratch);
+}
+
+template <bool kSparse, bool kFocal, typename T, typename A>
+int64_t cross_entropy_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,
+                           A* scratch) {
+  constexpr SoftmaxLoss kCE = SoftmaxLoss::kCrossEntropy;
+  if (kFocal) return softmax_mode<Mode<kCE, kSparse, WeightMode::kNone, true>>(p, begin, end, scratch);
+  switch (p.weight_mode) {
+    case WeightMode::kClass:
+      return softmax_mode<Mode<kCE, kSparse, WeightMode::kClass, false>>(p, begin, end, scratch);
+    case WeightMode::kCost:
+      return softmax_mode<Mode<kCE, kSparse, WeightMode::kCost, false>>(p, begin, end, scratch);
+    default:
+      return softmax_mode<Mode<kCE, kSparse, WeightMode::kNone, false>>(p, begin, end, scratch);
   }
 }
 
-template <typename T, typename A>
-int64_t small_c_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
-  SmallBlock<A> block;
-  for (int64_t row0 = begin; row0 < end; row0 += kBlockRows) {
-    const int64_t rows = (end - row0) < kBlockRows ? (end - row0) : kBlockRows;
-    for (int64_t r = 0; r < rows; ++r) {
-      block.ignored[r] = false;
-      block.y[r] = 0;
-      if (p.dense != nullptr) continue;
-      const int64_t y = label_at(p, row0 + r);
-      if (p.has_ignore_class && y == p.ignore_class) {
-        block.ignored[r] = true;
-      } else if (y < 0 || y >= p.c) {
-        return row0 + r;
+template <bool kSparse, typename T, typename A>
+int64_t softmax_sparse_or_dense(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,
+                                A* scratch) {
+  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
+    return softmax_mode<Mode<SoftmaxLoss::kExpectedCost, kSparse, WeightMode::kCost, false>>(
+        p, begin, end, scratch);
+  }
+  return p.focal_gamma != A(0) ? cross_entropy_mode<kSparse, true>(p, begin, end, scratch)
+                               : cross_entropy_mode<kSparse, false>(p, begin, end, scratch);
+}
+
+// Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
+// per-class values and each position's row come from the period arrays at first_class. The
+// options are template parameters so the loop has no branch left. wide gets the stretch's
+// sum of row_scale * loss.
+template <bool kBackprop, bool kFocal, typename T, typename A>
+CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
+                               const A* pos, const A* neg, const A* row_of,
+                               typename Packs<A>::W& wide) {
+  using P = Packs<A>;
+  using F = typename P::F;
+  constexpr int W = P::kLanes;
+  const F eps = p.label_smoothing;
+  const F gamma = p.focal_gamma;
+  const F scale = p.scale;
+  const A* row_scale = p.row_scale != nullptr ? p.row_scale + k / p.c : nullptr;
+  F sum_lanes = 0;
+  auto body = [&](int64_t i, auto whole) {
+    constexpr bool kFull = decltype(whole)::kFull;
+    auto load = [&](const auto* ptr, auto pad) -> F {
+      if constexpr (kFull) {
+        return P::load(ptr + i);
       } else {
-        block.y[r] = y;
+        return P::load_first(ptr + i, count - i, pad);
+      }
+    };
+    auto store = [&](auto* ptr, F v) {
+      if constexpr (kFull) {
+        P::store(ptr + i, v);
+      } else {
+        P::store_first(ptr + i, v, count - i);
+      }
+    };
+    const F z = load(p.logits + k, T{});
+    const F y = smooth_binary_label(load(p.labels + k, T{}), eps);
+    const SigmoidTerms<F> s = sigmoid_terms_with<kFocal, typename P::Math>(
+        z, y, load(pos, A(0)), load(neg, A(0)), gamma);
+    if (p.loss != nullptr) store(p.loss + k, s.loss);
+    const F rs = row_scale != nullptr ? P::gather(row_scale, P::to_index(load(row_of, A(0))))
+                                      : F(1);
+    if (p.block_sums != nullptr) {
+      if constexpr (kFull) {
+        sum_lanes += rs * s.loss;
+      } else {
+        sum_lanes += select(P::first_lanes(count - i), rs * s.loss, F(0));
       }
     }
-    small_c_block(p, row0, rows, block);
+    if constexpr (kBackprop) {
+      F factor = scale * rs;
+      if (p.element_scale != nullptr) factor = factor * load(p.element_scale + k, A(0));
+      store(p.backprop + k, factor * s.grad);
+    }
+  };
+  int64_t i = 0;
+  while (i + W <= count) {
+    const int64_t stop = i + kSumBlock * W;
+    for (; i + W <= count && i < stop; i += W) body(i, Whole<true>{});
+    wide = wide + P::widen(sum_lanes);
+    sum_lanes = 0;
   }
+  if (i < count) {
+    body(i, Whole<false>{});
+    wide = wide + P::widen(sum_lanes);
+  }
+}
+
+// The first element of [k, k + count) whose label is outside [0, 1], or -1.
+template <typename T>
+int64_t first_invalid_label(const T* labels, int64_t k, int64_t count) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < count; ++i) {
+    const auto y = to_acc(labels[k + i]);
+    bad |= static_cast<int>(y < 0) | static_cast<int>(y > 1);
+  }
+  if (bad == 0) return -1;
+  for (int64_t i = 0;; ++i) {
+    const auto y = to_acc(labels[k + i]);
+    if (y < 0 || y > 1) return k + i;
+  }
+}
+
+template <bool kBackprop, bool kFocal, typename T, typename A>
+int64_t sigmoid_range(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end, const A* pos,
+                      const A* neg, const A* row_of, int64_t period) {
+  using P = Packs<A>;
+  BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
+  const int64_t block_elements = kReduceBlockRows * p.c;
+  for (int64_t k = begin; k < end;) {
+    // Stretches start at any class and end at a row boundary, a block boundary or at end, so
+    // the weights' index is the loop's counter. Their labels are checked first (then read
+    // again from cache).
+    const int64_t first_class = k % p.c;
+    const int64_t block_end = (k / block_elements + 1) * block_elements;
+    int64_t count = period - first_class;
+    if (end - k < count) count = end - k;
+    if (block_end - k < count) count = block_end - k;
+    const int64_t bad = first_invalid_label(p.labels, k, count);
+    if (bad >= 0) return bad;
+    typename P::W wide = 0;
+    sigmoid_stretch<kBackprop, kFocal>(p, k, count, pos + first_class, neg + first_class,
+                                       row_of + first_class, wide);
+    sums.add(k / p.c, P::sum_wide(wide));
+    k += count;
+  }
+  sums.flush();
   return -1;
 }
 
@@ -501,83 +824,30 @@ int64_t small_c_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
 
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
-  if (p.c <= kSmallClasses) return small_c_rows(p, begin, end);
-  const int64_t c = p.c;
-  const bool sparse = p.dense == nullptr;
-  for (int64_t row = begin; row < end; ++row) {
-    int64_t y = -1;
-    if (sparse) {
-      y = label_at(p, row);
-      if (p.has_ignore_class && y == p.ignore_class) {
-        p.loss[row] = 0;
-        if (p.backprop != nullptr) fill_row(p.backprop + row * c, c, A(0));
-        continue;
-      }
-      if (y < 0 || y >= c) return row;
-    }
-    softmax_row(p, row, y, scratch, scratch + c);
-  }
-  return -1;
-}
-
-// One row segment of the sigmoid loss; the options are template parameters so the loop
-// has no branch left and vectorizes.
-template <bool kBackprop, bool kFocal, typename T, typename A>
-void sigmoid_segment(const SigmoidProblem<T, A>& p, int64_t k, int64_t first_class, int64_t count,
-                     const A* pos, const A* neg) {
-  const A eps = p.label_smoothing;
-  const A gamma = p.focal_gamma;
-  const T* z = p.logits + k;
-  const T* labels = p.labels + k;
-  A* loss = p.loss + k;
-  T* out = p.backprop + k;
-#pragma omp simd
-  for (int64_t j = 0; j < count; ++j) {
-    const A zj = to_acc(z[j]);
-    const A y = smooth_binary_label(to_acc(labels[j]), eps);
-    const A a = pos[first_class + j];
-    const A b = neg[first_class + j];
-    const SigmoidTerms<A> s = sigmoid_terms_with<kFocal, FastMath>(zj, y, a, b, gamma);
-    loss[j] = s.loss;
-    if (kBackprop) out[j] = from_acc<T>(s.grad);
-  }
+  return p.dense == nullptr ? softmax_sparse_or_dense<true>(p, begin, end, scratch)
+                            : softmax_sparse_or_dense<false>(p, begin, end, scratch);
 }
 
 template <typename T, typename A>
 int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
-  // Validate first so the main loops have no early exit and vectorize.
-  for (int64_t k = begin; k < end; ++k) {
-    const A y = to_acc(p.labels[k]);
-    if (y < A(0) || y > A(1)) return k;
-  }
-  // Per-class weights (broadcast from a scalar, or 1) repeated over a whole number of rows
-  // at least kSigmoidMinSegment long, so a segment of the loop below spans many short rows.
+  // Per-class weights (broadcast from a scalar, or 1) and each position's row, repeated
+  // over a whole number of rows at least kSigmoidMinSegment long, so that a stretch of the
+  // loop spans many short rows.
   const int64_t period = sigmoid_weight_period(p.c);
   A* pos = scratch;
   A* neg = scratch + period;
+  A* row_of = scratch + 2 * period;
   for (int64_t j = 0; j < period; ++j) {
     pos[j] = class_value(p.pos_weight, p.pos_weight_size, j % p.c);
     neg[j] = class_value(p.neg_weight, p.neg_weight_size, j % p.c);
+    row_of[j] = static_cast<A>(j / p.c);
   }
   const bool backprop = p.backprop != nullptr;
   const bool focal = p.focal_gamma != A(0);
-  // Walk segments that start at any class and end at a row boundary (or at end), so the
-  // weights' index is the inner loop's counter.
-  for (int64_t k = begin; k < end;) {
-    const int64_t first_class = k % p.c;
-    const int64_t count = (period - first_class) < (end - k) ? (period - first_class) : (end - k);
-    if (backprop && focal) {
-      sigmoid_segment<true, true>(p, k, first_class, count, pos, neg);
-    } else if (backprop) {
-      sigmoid_segment<true, false>(p, k, first_class, count, pos, neg);
-    } else if (focal) {
-      sigmoid_segment<false, true>(p, k, first_class, count, pos, neg);
-    } else {
-      sigmoid_segment<false, false>(p, k, first_class, count, pos, neg);
-    }
-    k += count;
-  }
-  return -1;
+  if (backprop && focal) return sigmoid_range<true, true>(p, begin, end, pos, neg, row_of, period);
+  if (backprop) return sigmoid_range<true, false>(p, begin, end, pos, neg, row_of, period);
+  if (focal) return sigmoid_range<false, true>(p, begin, end, pos, neg, row_of, period);
+  return sigmoid_range<false, false>(p, begin, end, pos, neg, row_of, period);
 }
 
 template <typename T, typename A>

@@ -1,0 +1,436 @@
+// The CPU kernels' vector layer: a pack of kLanes floats (16 with AVX-512, 8 with AVX2, 4
+// otherwise) as a GCC/Clang vector type behind small structs, so row_math.h's templates run
+// on packs unchanged, plus a one-lane double "pack" over libm for float64 problems.
+//
+// Included only by cpu_kernels.cc, inside its instruction-set namespace's build: every
+// function here is always_inline and every type lives in COSTXENT_CPU_ISA, so no code
+// compiled for AVX-512 can be picked by the linker for a baseline caller.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "cc/core/numeric.h"
+
+#ifndef COSTXENT_CPU_ISA
+#error "COSTXENT_CPU_ISA must name the instruction-set namespace"
+#endif
+
+#define CX_INLINE inline __attribute__((always_inline))
+
+namespace costxent {
+namespace cpu {
+namespace COSTXENT_CPU_ISA {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t vu __attribute__((vector_size(4 * kLanes)));
+typedef double vd __attribute__((vector_size(8 * kLanes)));
+typedef int64_t vl __attribute__((vector_size(8 * kLanes)));
+typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));
+
+// Lane masks: all bits set or clear, as GCC's vector comparisons produce them.
+struct Mask {
+  vi v;
+};
+CX_INLINE Mask operator&(Mask a, Mask b) { return {a.v & b.v}; }
+CX_INLINE Mask operator|(Mask a, Mask b) { return {a.v | b.v}; }
+CX_INLINE Mask operator!(Mask a) { return {~a.v}; }
+
+struct Int {
+  vi v;
+  Int() = default;
+  CX_INLINE Int(int32_t s) : v(vi{} + s) {}  // NOLINT: broadcasts like a scalar
+  CX_INLINE explicit Int(vi x) : v(x) {}
+};
+CX_INLINE Int operator+(Int a, Int b) { return Int(a.v + b.v); }
+CX_INLINE Int operator*(Int a, Int b) { return Int(a.v * b.v); }
+CX_INLINE Mask operator==(Int a, Int b) { return {a.v == b.v}; }
+CX_INLINE Mask operator<(Int a, Int b) { return {a.v < b.v}; }
+
+struct Float {
+  vf v;
+  Float() = default;
+  CX_INLINE Float(float s) : v(vf{} + s) {}  // NOLINT: broadcasts like a scalar
+  CX_INLINE explicit Float(vf x) : v(x) {}
+};
+CX_INLINE Float operator+(Float a, Float b) { return Float(a.v + b.v); }
+CX_INLINE Float operator-(Float a, Float b) { return Float(a.v - b.v); }
+CX_INLINE Float operator*(Float a, Float b) { return Float(a.v * b.v); }
+CX_INLINE Float operator/(Float a, Float b) { return Float(a.v / b.v); }
+CX_INLINE Float operator-(Float a) { return Float(-a.v); }
+CX_INLINE Float& operator+=(Float& a, Float b) { return a = a + b; }
+CX_INLINE Mask operator>(Float a, Float b) { return {a.v > b.v}; }
+CX_INLINE Mask operator>=(Float a, Float b) { return {a.v >= b.v}; }
+CX_INLINE Mask operator<(Float a, Float b) { return {a.v < b.v}; }
+CX_INLINE Mask operator==(Float a, Float b) { return {a.v == b.v}; }
+
+CX_INLINE Float select(Mask m, Float a, Float b) { return Float(m.v ? a.v : b.v); }
+CX_INLINE Int select(Mask m, Int a, Int b) { return Int(m.v ? a.v : b.v); }
+CX_INLINE Float fabs(Float x) { return Float(__builtin_bit_cast(vf, __builtin_bit_cast(vu, x.v) & 0x7fffffffu)); }
+CX_INLINE Float max(Float a, Float b) { return select(a > b, a, b); }
+CX_INLINE vu bits(Float x) { return __builtin_bit_cast(vu, x.v); }
+CX_INLINE Float from_bits(vu u) { return Float(__builtin_bit_cast(vf, u)); }
+CX_INLINE Float to_float(Int i) { return Float(__builtin_convertvector(i.v, vf)); }
+CX_INLINE bool any(Mask m) {
+  vi r = m.v;
+  int32_t a = 0;
+  for (int i = 0; i < kLanes; ++i) a |= r[i];
+  return a != 0;
+}
+
+CX_INLINE Int iota() {
+  vi r;
+  for (int i = 0; i < kLanes; ++i) r[i] = i;
+  return Int(r);
+}
+
+// Lanes [0, count) set.
+CX_INLINE Mask first_lanes(int64_t count) { return iota() < Int(static_cast<int32_t>(count)); }
+
+// ---------------------------------------------------------------------------------------
+// Loads and stores, converting storage types to float and rounding back to nearest even.
+
+CX_INLINE Float load(const float* p) {
+  vf v;
+  memcpy(&v, p, sizeof v);
+  return Float(v);
+}
+CX_INLINE Float load(const bf16* p) {
+  vh h;
+  memcpy(&h, p, sizeof h);
+  return from_bits(__builtin_convertvector(h, vu) << 16);
+}
+CX_INLINE Float load(const f16* p) {
+#if defined(__AVX512F__)
+  return Float(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__AVX2__)
+  return Float(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  vf v;
+  for (int i = 0; i < kLanes; ++i) v[i] = to_acc(p[i]);
+  return Float(v);
+#endif
+}
+
+CX_INLINE void store(float* p, Float x) { memcpy(p, &x.v, sizeof x.v); }
+CX_INLINE void store(bf16* p, Float x) {
+  // As from_acc<bf16>: round to nearest even, NaN stays (quiet) NaN.
+  const vu u = bits(x);
+  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const vu quiet = (u >> 16) | 0x40u;
+  const vi nan = __builtin_bit_cast(vi, u & 0x7fffffffu) > 0x7f800000;
+  const vh h = __builtin_convertvector(nan ? quiet : rounded, vh);
+  memcpy(p, &h, sizeof h);
+}
+CX_INLINE void store(f16* p, Float x) {
+#if defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__AVX2__)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  for (int i = 0; i < kLanes; ++i) p[i] = from_acc<f16>(x.v[i]);
+#endif
+}
+
+// The first `count` (< kLanes) elements; the other lanes hold `pad`.
+template <typename T>
+CX_INLINE Float load_first(const T* p, int64_t count, T pad) {
+  T buf[kLanes];
+  for (int i = 0; i < kLanes; ++i) buf[i] = i < count ? p[i] : pad;
+  return load(buf);
+}
+template <typename T>
+CX_INLINE void store_first(T* p, Float x, int64_t count) {
+  T buf[kLanes];
+  store(buf, x);
+  for (int64_t i = 0; i < count; ++i) p[i] = buf[i];
+}
+
+CX_INLINE Int load_int(const int32_t* p) {
+  vi v;
+  memcpy(&v, p, sizeof v);
+  return Int(v);
+}
+
+// base[index[i]] per lane.
+CX_INLINE Float gather(const float* base, Int index) {
+#if defined(__AVX512F__)
+  return Float(_mm512_i32gather_ps(reinterpret_cast<__m512i>(index.v), base, 4));
+#elif defined(__AVX2__)
+  return Float(_mm256_i32gather_ps(base, reinterpret_cast<__m256i>(index.v), 4));
+#else
+  vf r;
+  for (int i = 0; i < kLanes; ++i) r[i] = base[index.v[i]];
+  return Float(r);
+#endif
+}
+
+// x[index[i]] per lane (index in [0, kLanes)).
+CX_INLINE Float permute(Float x, Int index) { return Float(__builtin_shuffle(x.v, index.v)); }
+CX_INLINE Int permute(Int x, Int index) { return Int(__builtin_shuffle(x.v, index.v)); }
+
+// ---------------------------------------------------------------------------------------
+// Horizontal reductions in a fixed tree order (the same for every lane count's halves),
+// returned broadcast to every lane.
+
+CX_INLINE Float reduce_max(Float x) {
+  for (int step = kLanes / 2; step > 0; step /= 2) x = max(x, permute(x, Int(iota().v ^ step)));
+  return x;
+}
+CX_INLINE Float reduce_add(Float x) {
+  for (int step = kLanes / 2; step > 0; step /= 2) x = x + permute(x, Int(iota().v ^ step));
+  return x;
+}
+CX_INLINE Int reduce_min(Int x) {
+  for (int step = kLanes / 2; step > 0; step /= 2) {
+    const Int y = permute(x, Int(iota().v ^ step));
+    x = select(y < x, y, x);
+  }
+  return x;
+}
+
+// kLanes doubles: the wide accumulator of long sums.
+struct Wide {
+  vd v;
+  Wide() = default;
+  CX_INLINE Wide(double s) : v(vd{} + s) {}  // NOLINT: broadcasts like a scalar
+  CX_INLINE explicit Wide(vd x) : v(x) {}
+};
+CX_INLINE Wide widen(Float x) { return Wide(__builtin_convertvector(x.v, vd)); }
+CX_INLINE Wide operator+(Wide a, Wide b) { return Wide(a.v + b.v); }
+CX_INLINE Wide operator*(Wide a, Wide b) { return Wide(a.v * b.v); }
+CX_INLINE Wide select(Mask m, Wide a, Wide b) {
+  return Wide(__builtin_convertvector(m.v, vl) ? a.v : b.v);
+}
+CX_INLINE double reduce_add(Wide x) {
+  vl lane;
+  for (int i = 0; i < kLanes; ++i) lane[i] = i;
+  for (int step = kLanes / 2; step > 0; step /= 2) x = x + Wide(__builtin_shuffle(x.v, lane ^ step));
+  return x.v[0];
+}
+CX_INLINE Float narrow(Wide x) { return Float(__builtin_convertvector(x.v, vf)); }
+
+// ---------------------------------------------------------------------------------------
+// Elementary functions (float packs), vectorizable polynomials.
+
+// exp(x) for x <= 0: Cephes' polynomial on x - n ln2, times 2^n. Below float's normal range
+// the result flushes to 0 (also for -inf). A NaN argument gives an unspecified value: rows
+// with a non-finite logit are made NaN by the callers.
+CX_INLINE Float exp_nonpositive(Float x) {
+  const Mask underflow = x < Float(-87.0f);
+  const Float clamped = select(underflow, Float(-87.0f), x);
+  const Float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  Float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  Float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const vi exponent = __builtin_convertvector(n.v, vi) + 127;
+  const Float scale = from_bits(__builtin_bit_cast(vu, exponent << 23));
+  return select(underflow, Float(0.0f), poly * scale);
+}
+
+// log(u * 2^exponent) for u in [1, 2): Cephes' logf polynomial around 1 or sqrt(2), with ln 2
+// split in two so the exponent term adds no rounding error.
+CX_INLINE Float log_scaled(Float u, Float exponent) {
+  const Mask high = u > Float(1.41421356f);
+  const Float x = select(high, u * 0.5f - 1.0f, u - 1.0f);
+  const Float k = exponent + select(high, Float(1.0f), Float(0.0f));
+  const Float z = x * x;
+  Float y = 7.0376836292e-2f;
+  y = y * x - 1.1514610310e-1f;
+  y = y * x + 1.1676998740e-1f;
+  y = y * x - 1.2420140846e-1f;
+  y = y * x + 1.4249322787e-1f;
+  y = y * x - 1.6668057665e-1f;
+  y = y * x + 2.0000714765e-1f;
+  y = y * x - 2.4999993993e-1f;
+  y = y * x + 3.3333331174e-1f;
+  y = y * x * z;
+  y = y + k * -2.12194440e-4f;
+  y = y - z * 0.5f;
+  return x + y + k * 0.693359375f;
+}
+
+// log(x) for finite x > 0, subnormals included.
+CX_INLINE Float log_positive(Float x) {
+  const Mask tiny = x < Float(1.17549435e-38f);
+  const Float scaled = select(tiny, x * 8388608.0f, x);  // 2^23
+  const vu b = bits(scaled);
+  const Float exponent = to_float(Int(__builtin_bit_cast(vi, b >> 23) - 127)) -
+                         select(tiny, Float(23.0f), Float(0.0f));
+  return log_scaled(from_bits((b & 0x7fffffu) | 0x3f800000u), exponent);
+}
+
+// log1p(x) for finite x >= 0 to float precision: log(u) corrected by the rounding of
+// u = 1 + x to first order, log1p(x) = log(u) - ((u - 1) - x) / u.
+CX_INLINE Float log1p_nonnegative(Float x) {
+  const Float u = x + 1.0f;
+  return log_positive(u) - ((u - 1.0f) - x) / u;
+}
+
+// expm1(x) for x <= 0 (-inf included): exp(x) - 1 loses nothing below -0.35 (the result is
+// below -0.29); above, the Taylor series to x^9 is exact to float precision.
+CX_INLINE Float expm1_nonpositive(Float x) {
+  Float series = 1.0f / 362880.0f;
+  series = series * x + 1.0f / 40320.0f;
+  series = series * x + 1.0f / 5040.0f;
+  series = series * x + 1.0f / 720.0f;
+  series = series * x + 1.0f / 120.0f;
+  series = series * x + 1.0f / 24.0f;
+  series = series * x + 1.0f / 6.0f;
+  series = series * x + 0.5f;
+  const Mask far = x < Float(-0.35f);
+  const Float near_x = select(far, Float(0.0f), x);
+  series = series * near_x * near_x + near_x;
+  return select(far, exp_nonpositive(x) - 1.0f, series);
+}
+
+// row_math.h's elementary functions for float packs.
+struct PackMath {
+  static CX_INLINE Float exp(Float x) { return exp_nonpositive(x); }
+  static CX_INLINE Float log(Float x) { return log_positive(x); }
+  static CX_INLINE Float log1p(Float x) { return log1p_nonnegative(x); }
+  static CX_INLINE Float expm1(Float x) { return expm1_nonpositive(x); }
+  static CX_INLINE Float select(Mask c, Float a, Float b) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// The one-lane double pack: float64 problems run the same kernels over libm.
+
+struct Dbl {
+  double v;
+  Dbl() = default;
+  CX_INLINE Dbl(double s) : v(s) {}  // NOLINT: like a scalar
+};
+struct IntD {
+  int32_t v;
+  IntD() = default;
+  CX_INLINE IntD(int32_t s) : v(s) {}  // NOLINT: like a scalar
+};
+CX_INLINE Dbl operator+(Dbl a, Dbl b) { return a.v + b.v; }
+CX_INLINE Dbl operator-(Dbl a, Dbl b) { return a.v - b.v; }
+CX_INLINE Dbl operator*(Dbl a, Dbl b) { return a.v * b.v; }
+CX_INLINE Dbl operator/(Dbl a, Dbl b) { return a.v / b.v; }
+CX_INLINE Dbl operator-(Dbl a) { return -a.v; }
+CX_INLINE Dbl& operator+=(Dbl& a, Dbl b) { return a = a + b; }
+CX_INLINE bool operator>(Dbl a, Dbl b) { return a.v > b.v; }
+CX_INLINE bool operator>=(Dbl a, Dbl b) { return a.v >= b.v; }
+CX_INLINE bool operator<(Dbl a, Dbl b) { return a.v < b.v; }
+CX_INLINE bool operator==(Dbl a, Dbl b) { return a.v == b.v; }
+CX_INLINE IntD operator+(IntD a, IntD b) { return a.v + b.v; }
+CX_INLINE IntD operator*(IntD a, IntD b) { return a.v * b.v; }
+CX_INLINE bool operator==(IntD a, IntD b) { return a.v == b.v; }
+CX_INLINE bool operator<(IntD a, IntD b) { return a.v < b.v; }
+CX_INLINE Dbl select(bool m, Dbl a, Dbl b) { return m ? a : b; }
+CX_INLINE IntD select(bool m, IntD a, IntD b) { return m ? a : b; }
+CX_INLINE double select(bool m, double a, double b) { return m ? a : b; }
+CX_INLINE Dbl fabs(Dbl x) { return std::fabs(x.v); }
+CX_INLINE Dbl max(Dbl a, Dbl b) { return a.v > b.v ? a : b; }
+
+struct DblMath {
+  static CX_INLINE Dbl exp(Dbl x) { return std::exp(x.v); }
+  static CX_INLINE Dbl log(Dbl x) { return std::log(x.v); }
+  static CX_INLINE Dbl log1p(Dbl x) { return std::log1p(x.v); }
+  static CX_INLINE Dbl expm1(Dbl x) { return std::expm1(x.v); }
+  static CX_INLINE Dbl select(bool c, Dbl a, Dbl b) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  }
+};
+
+// What a kernel needs to know about its arithmetic: the pack, index and mask types, the
+// accumulator of long sums and the math policy.
+template <typename A>
+struct Packs;
+
+template <>
+struct Packs<float> {
+  using F = Float;
+  using I = Int;
+  using M = Mask;
+  using W = Wide;
+  using Math = PackMath;
+  static constexpr int kLanes = ::costxent::cpu::COSTXENT_CPU_ISA::kLanes;
+  template <typename T>
+  static CX_INLINE F load(const T* p) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::load(p);
+  }
+  template <typename T>
+  static CX_INLINE F load_first(const T* p, int64_t count, T pad) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::load_first(p, count, pad);
+  }
+  template <typename T>
+  static CX_INLINE void store(T* p, F x) {
+    ::costxent::cpu::COSTXENT_CPU_ISA::store(p, x);
+  }
+  template <typename T>
+  static CX_INLINE void store_first(T* p, F x, int64_t count) {
+    ::costxent::cpu::COSTXENT_CPU_ISA::store_first(p, x, count);
+  }
+  static CX_INLINE I iota() { return ::costxent::cpu::COSTXENT_CPU_ISA::iota(); }
+  static CX_INLINE M first_lanes(int64_t n) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::first_lanes(n);
+  }
+  static CX_INLINE F gather(const float* base, I index) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::gather(base, index);
+  }
+  static CX_INLINE F reduce_max(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_max(x); }
+  static CX_INLINE F reduce_add(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_add(x); }
+  static CX_INLINE I reduce_min(I x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_min(x); }
+  static CX_INLINE W widen(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::widen(x); }
+  static CX_INLINE double sum_wide(W x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_add(x); }
+  static CX_INLINE I to_index(F x) { return I(__builtin_convertvector(x.v, vi)); }
+  static CX_INLINE float lane0(F x) { return x.v[0]; }
+  static CX_INLINE int32_t lane0(I x) { return x.v[0]; }
+};
+
+template <>
+struct Packs<double> {
+  using F = Dbl;
+  using I = IntD;
+  using M = bool;
+  using W = double;
+  using Math = DblMath;
+  static constexpr int kLanes = 1;
+  static CX_INLINE F load(const double* p) { return *p; }
+  static CX_INLINE F load_first(const double* p, int64_t, double) { return *p; }
+  static CX_INLINE void store(double* p, F x) { *p = x.v; }
+  static CX_INLINE void store_first(double* p, F x, int64_t) { *p = x.v; }
+  static CX_INLINE I iota() { return 0; }
+  static CX_INLINE M first_lanes(int64_t n) { return n > 0; }
+  static CX_INLINE F gather(const double* base, I index) { return base[index.v]; }
+  static CX_INLINE F reduce_max(F x) { return x; }
+  static CX_INLINE F reduce_add(F x) { return x; }
+  static CX_INLINE I reduce_min(I x) { return x; }
+  static CX_INLINE W widen(F x) { return x.v; }
+  static CX_INLINE double sum_wide(W x) { return x; }
+  static CX_INLINE I to_index(F x) { return static_cast<int32_t>(x.v); }
+  static CX_INLINE double lane0(F x) { return x.v; }
+  static CX_INLINE int32_t lane0(I x) { return x.v; }
+};
+
+}  // namespace COSTXENT_CPU_ISA
+}  // namespace cpu
+}  // namespace costxent

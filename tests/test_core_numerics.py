@@ -1,0 +1,317 @@
+"""Numerical edge cases of the CPU kernels (DESIGN 2.4), through costxent._core.
+
+Relative accuracy of tiny losses (confident sigmoid positives and softmax rows), long rows
+(C = 10^6), finite logits anywhere in the float range, non-finite logits, and the output
+scaling the reductions use (row_scale, scale, element_scale: rounded to the storage type
+once). Expectations are float64 closed forms or the float64 oracle (tests/oracle.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import core_cases
+import oracle
+from core_cases import rng_for
+
+try:
+    _core = core_cases.load_core()
+except ImportError as exc:  # built without the extension: nothing to test here
+    pytest.skip(f"costxent._core is not built: {exc}", allow_module_level=True)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    return np.abs(got - want) / np.maximum(np.abs(want), np.finfo(np.float64).tiny)
+
+
+# ---------------------------------------------------------------------------------------
+# Sigmoid: -log s = softplus(-z) computed directly, relatively accurate everywhere.
+
+
+def test_sigmoid_confident_positives_keep_relative_accuracy() -> None:
+    logits = np.array([[10.0, 17.0, 30.0]], np.float32)
+    loss, grad = _core.sigmoid_loss(logits, np.ones_like(logits))
+    want = softplus(-logits)  # 4.5399e-05, 4.14e-08, 9.36e-14
+    assert np.all(relative_error(loss, want) < 1e-6), (loss, want)
+    assert np.all(relative_error(grad, -np.exp(-softplus(logits))) < 1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_sigmoid_loss_relative_error_over_the_logit_range(dtype: str, gamma: float) -> None:
+    z = np.linspace(-80, 80, 4001).astype(dtype)
+    logits = np.stack([z, z])
+    labels = np.stack([np.ones_like(z), np.zeros_like(z)])
+    loss, grad = _core.sigmoid_loss(logits, labels, 2.0, 0.5, focal_gamma=gamma)
+    want, want_grad = oracle.sigmoid_cross_entropy(
+        labels, logits.astype(np.float64), pos_weight=2.0, neg_weight=0.5, focal_gamma=gamma
+    )
+    # Compared where the value is a normal number of the arithmetic (float32 focal losses of
+    # confident elements, ~exp(-3 |z|), underflow).
+    bound = 1e-12 if dtype == "float64" else 2e-6
+    normal = 1e3 * np.finfo(dtype).smallest_normal
+    assert relative_error(loss, want)[np.abs(want) > normal].max() < bound
+    assert relative_error(grad, want_grad)[np.abs(want_grad) > normal].max() < bound
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax: a confident row's loss is log1p of the other classes' share, not log(1 + tiny).
+
+
+@pytest.mark.parametrize("c", [2, 3, 10, 100, 1000])
+@pytest.mark.parametrize("dense", [False, True])
+def test_confident_softmax_rows_keep_relative_accuracy(c: int, dense: bool) -> None:
+    margins = np.array([5.0, 12.0, 20.0, 40.0, 80.0])
+    logits = np.zeros((margins.size, c), np.float32)
+    logits[:, 0] = margins
+    labels = np.zeros(margins.size, np.int32)
+    if dense:
+        labels = np.eye(c, dtype=np.float32)[labels]
+    loss, _ = _core.softmax_loss(logits, labels)
+    want = np.log1p((c - 1) * np.exp(-margins))
+    assert relative_error(loss, want).max() < 1e-6, (loss, want)
+
+
+# ---------------------------------------------------------------------------------------
+# Long rows: blocked sums stay accurate at C = 10^6.
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"label_smoothing": 0.1}, {"focal_gamma": 2.0}, {"focal_gamma": 2.0, "label_smoothing": 0.1}],
+    ids=["plain", "smooth", "focal", "focal-smooth"],
+)
+@pytest.mark.parametrize("dense", [False, True])
+def test_million_class_rows_are_accurate(options: dict, dense: bool) -> None:
+    c = 1_000_000
+    rng = rng_for("million", dense, sorted(options.items()))
+    logits = rng.normal(0.0, 2.0, size=(2, c)).astype(np.float32)
+    ids = np.array([3, c - 7])
+    if dense:
+        labels = np.zeros((2, c), np.float32)
+        labels[0, ids[0]] = 1.0
+        labels[1, ids[1]] = 0.75
+        labels[1, 11] = 0.25
+    else:
+        labels = ids.astype(np.int32)
+    loss, grad = _core.softmax_loss(logits, labels, **options)
+    want, want_grad = oracle.softmax_cross_entropy(
+        labels, logits.astype(np.float64),
+        label_smoothing=options.get("label_smoothing", 0.0),
+        focal_gamma=options.get("focal_gamma", 0.0),
+    )
+    assert relative_error(loss, want).max() < 2e-6, (loss, want)
+    # The gradient sums to 0 along a row; float32 sums of 10^6 terms would miss by ~1e-2.
+    row_sums = grad.astype(np.float64).sum(axis=1)
+    assert np.abs(row_sums).max() < 1e-5, row_sums
+    scale = np.abs(want_grad).max()
+    assert np.abs(grad - want_grad).max() < 1e-5 * scale
+
+
+# ---------------------------------------------------------------------------------------
+# The whole float range: finite logits give finite, correct results (no 0 * inf).
+
+
+EXTREME = {"float16": 6e4, "float32": 3e38, "float64": 1e308}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("c", [2, 40])
+def test_logits_at_the_ends_of_the_float_range(dtype: str, eps: float, dense: bool, c: int) -> None:
+    big = EXTREME[dtype]
+    logits = np.zeros((2, c), dtype)
+    logits[:, 0] = big
+    logits[:, 1] = -big
+    ids = np.array([0, 1])
+    labels = np.eye(c, dtype=dtype)[ids] if dense else ids.astype(np.int32)
+    loss, grad = _core.softmax_loss(logits, labels, label_smoothing=eps)
+    # p = e_0 in both rows; -log p_j is 0, 2 big (class 1) and big (the zeros). Row 0's
+    # loss is eps / C * (2 big + (C - 2) big) = eps big; row 1's, whose label is the class at
+    # -big, (1 - eps) 2 big + eps big, beyond the float32 range unless the logits are float16.
+    assert loss[0] == 0 if eps == 0 else relative_error(loss[0], eps * big) < 1e-6
+    want1 = (2 - eps) * big
+    if want1 > np.finfo(loss.dtype).max:
+        assert loss[1] == np.inf
+    else:
+        assert relative_error(loss[1], want1) < 1e-6
+    assert np.all(np.isfinite(grad))
+    ts = (1 - eps) * np.eye(c)[ids] + eps / c
+    np.testing.assert_allclose(grad.astype(np.float64), np.eye(c)[[0, 0]] - ts, rtol=1e-3, atol=1e-7)
+
+
+def test_extreme_row_through_every_weighting() -> None:
+    logits = np.array([[3e38, -3e38], [-3e38, 3e38]], np.float32)
+    labels = np.array([0, 0], np.int32)
+    cost = np.array([[0.0, 2.0], [3.0, 0.0]], np.float32)
+    for kwargs in (
+        {"weights": np.array([2.0, 0.5], np.float32)},
+        {"weights": cost},
+        {"focal_gamma": 2.0, "label_smoothing": 0.1},
+        {"loss_kind": "expected_cost", "weights": cost, "ce_weight": 0.5, "label_smoothing": 0.1},
+    ):
+        loss, grad = _core.softmax_loss(logits, labels, **kwargs)
+        assert np.isfinite(loss[0]), kwargs
+        assert np.all(np.isfinite(grad)), kwargs
+    loss, _ = _core.softmax_loss(logits, labels, focal_gamma=2.0, label_smoothing=0.1)
+    assert relative_error(loss[0], 0.05 * 6e38) < 1e-6
+
+
+@pytest.mark.parametrize("c", [3, 64])
+@pytest.mark.parametrize("dtype, big", [("float32", 1e4), ("float16", 6e4)])
+def test_large_logits_are_finite_and_correct(c: int, dtype: str, big: float) -> None:
+    rng = rng_for("large", c, dtype)
+    logits = rng.uniform(-big, big, size=(37, c)).astype(dtype)
+    labels = rng.integers(0, c, size=37).astype(np.int32)
+    for kwargs in ({}, {"label_smoothing": 0.2}, {"focal_gamma": 0.5}):
+        loss, grad = _core.softmax_loss(logits, labels, **kwargs)
+        want, want_grad = oracle.softmax_cross_entropy(
+            labels, logits.astype(np.float64),
+            label_smoothing=kwargs.get("label_smoothing", 0.0),
+            focal_gamma=kwargs.get("focal_gamma", 0.0),
+        )
+        assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+        assert relative_error(loss, want).max() < 1e-6
+        assert np.abs(grad.astype(np.float64) - want_grad).max() < 2e-3
+
+
+@pytest.mark.parametrize("c", [3, 10, 64, 300])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dense", [False, True])
+def test_non_finite_logits_give_nan_rows_only(c: int, bad: float, dense: bool) -> None:
+    rng = rng_for("nonfinite", c, str(bad), dense)
+    logits = rng.normal(size=(40, c)).astype(np.float32)
+    rows = [0, 17, 39]
+    logits[rows, [1, c - 1, 0]] = bad
+    ids = rng.integers(0, c, size=40)
+    labels = np.eye(c, dtype=np.float32)[ids] if dense else ids.astype(np.int32)
+    for kwargs in ({}, {"label_smoothing": 0.1}, {"focal_gamma": 2.0}):
+        loss, grad = _core.softmax_loss(logits, labels, **kwargs)
+        assert np.all(np.isnan(loss[rows])) and np.all(np.isnan(grad[rows]))
+        good = np.setdiff1d(np.arange(40), rows)
+        assert np.all(np.isfinite(loss[good])) and np.all(np.isfinite(grad[good]))
+
+
+# ---------------------------------------------------------------------------------------
+# Output scaling inside the row pass: one rounding to the storage type.
+
+
+def half_ulp(x: np.ndarray, dtype: str) -> np.ndarray:
+    x = np.abs(np.asarray(x, np.float64))
+    info = np.finfo(dtype)
+    exponent = np.floor(np.log2(np.maximum(x, float(info.smallest_normal))))
+    return 0.5 * np.exp2(exponent - info.nmant)
+
+
+@pytest.mark.parametrize("c", [3, 10, 50])
+@pytest.mark.parametrize("dense", [False, True])
+def test_scaled_float16_gradient_is_rounded_once(c: int, dense: bool) -> None:
+    rng = rng_for("round-once", c, dense)
+    n = 300
+    logits = rng.normal(0, 2, size=(n, c)).astype(np.float16)
+    ids = rng.integers(0, c, size=n)
+    labels = np.eye(c, dtype=np.float16)[ids] if dense else ids.astype(np.int32)
+    row_scale = rng.uniform(0.1, 3.0, size=n).astype(np.float32)
+    scale = np.float32(1.0 / 7.0)
+    _, grad = _core.softmax_loss(logits, labels, row_scale=row_scale, scale=float(scale))
+    _, exact = oracle.softmax_cross_entropy(labels, logits.astype(np.float64))
+    exact = exact * row_scale[:, None].astype(np.float64) * float(scale)
+    # Within half a float16 ulp of the exact value (plus float32 arithmetic slack): a second
+    # rounding (of an already rounded unscaled gradient) would miss by up to a whole ulp.
+    err = np.abs(grad.astype(np.float64) - exact)
+    assert np.all(err <= half_ulp(exact, "float16") * 1.01 + 1e-6 * np.abs(exact))
+
+
+def test_row_scale_and_scale_multiply_the_gradient_not_the_loss() -> None:
+    rng = rng_for("row-scale")
+    logits = rng.normal(size=(50, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, size=50).astype(np.int32)
+    row_scale = rng.uniform(-2, 2, size=50).astype(np.float32)
+    loss, grad = _core.softmax_loss(logits, labels, row_scale=row_scale, scale=0.25)
+    want, want_grad = oracle.softmax_cross_entropy(labels, logits.astype(np.float64))
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad * row_scale[:, None] * 0.25, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("c", [3, 100])
+def test_nan_row_scale_propagates_and_ignored_rows_are_zero(c: int) -> None:
+    rng = rng_for("nan-scale", c)
+    logits = rng.normal(size=(20, c)).astype(np.float32)
+    labels = rng.integers(0, c - 1, size=20).astype(np.int32)
+    labels[[2, 9]] = c - 1  # ignored
+    row_scale = np.ones(20, np.float32)
+    row_scale[[5, 9]] = np.nan
+    _, grad = _core.softmax_loss(logits, labels, ignore_class=c - 1, row_scale=row_scale)
+    assert np.all(np.isnan(grad[5]))
+    assert not np.any(grad[[2, 9]])
+    others = np.setdiff1d(np.arange(20), [2, 5, 9])
+    assert np.all(np.isfinite(grad[others]))
+
+
+@pytest.mark.parametrize("c", [2, 30, 200])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reduced_sum_matches_float64(c: int, weighted: bool) -> None:
+    rng = rng_for("reduced", c, weighted)
+    n = 3000  # three reduction blocks, the last partial
+    logits = rng.normal(size=(n, c)).astype(np.float32)
+    labels = rng.integers(0, c, size=n).astype(np.int32)
+    sample_weight = rng.uniform(0, 2, size=n).astype(np.float32) if weighted else None
+    loss, grad = _core.softmax_loss(logits, labels, row_scale=sample_weight, reduction="sum")
+    want, want_grad = oracle.softmax_cross_entropy(labels, logits.astype(np.float64))
+    sw = np.ones(n) if sample_weight is None else sample_weight.astype(np.float64)
+    assert relative_error(loss, np.sum(sw * want)) < 1e-6
+    np.testing.assert_allclose(grad, want_grad * sw[:, None], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("c", [1, 5, 30, 300])
+def test_sigmoid_element_and_row_scale(c: int) -> None:
+    rng = rng_for("sigmoid-scale", c)
+    n = 40
+    logits = rng.normal(0, 3, size=(n, c)).astype(np.float32)
+    labels = rng.uniform(size=(n, c)).astype(np.float32)
+    upstream = rng.normal(size=(n, c)).astype(np.float32)
+    row_scale = rng.uniform(0, 2, size=n).astype(np.float32)
+    loss, grad = _core.sigmoid_loss(
+        logits, labels, 1.5, element_scale=upstream, row_scale=row_scale, scale=0.5
+    )
+    want, want_grad = oracle.sigmoid_cross_entropy(labels, logits.astype(np.float64), pos_weight=1.5)
+    np.testing.assert_allclose(loss, want, rtol=2e-6)
+    np.testing.assert_allclose(
+        grad, want_grad * upstream * row_scale[:, None] * 0.5, rtol=1e-5, atol=1e-7
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Dispatch: the AVX-512 build runs where the CPU has it.
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_instruction_set_matches_the_cpu() -> None:
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags")
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
+        assert _core.cpu_instruction_set() == "avx512"
+    elif {"avx2", "fma", "f16c"} <= flags:
+        assert _core.cpu_instruction_set() == "avx2-fma"
+    else:
+        assert _core.cpu_instruction_set() == "baseline"
