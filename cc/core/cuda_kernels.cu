@@ -11,10 +11,12 @@
 // on GPUs without clusters) are walked in chunks, once per pass, re-reading from L2.
 //
 // A row needs one reduction over the group: each thread summarises its elements relative to
-// its own maximum (sum of exp, of z - max, of the targets' terms) and the summaries combine
-// by rescaling to the larger maximum (the "online softmax" merge), so the maximum and every
-// sum of the loss arrive together. The focal loss and a dense cost-matrix weight need one
-// more, because their terms depend on the row's log-sum-exp or its argmax.
+// its own maximum (the sum of exp(z - max), the sums of half-shifted logits and of the
+// targets' terms; row_math.h's notation) and the summaries combine by rescaling to the
+// larger maximum (the "online softmax" merge), so the maximum and every sum of the loss
+// arrive together, and exp(z - max) computed for the sum is kept in registers for the
+// gradient. The focal loss and a dense cost-matrix weight need one more reduction, because
+// their terms depend on the row's log-sum-exp or its argmax.
 //
 // Each element is read and written only by the thread that owns it, and every gradient
 // write comes after the group's last reduction over the row, so backprop may alias logits.
@@ -207,9 +209,9 @@ class WarpGroup {
     return butterfly(v, width_, mask_, combine);
   }
   // Every lane of the warp calls this (rows past n included: their partial is 0).
-  __device__ void write_partial(double partial, double* out) const {
+  __device__ void write_partial(double partial, double scale, double* out) const {
     partial = warp_leader_sum(partial, width_);
-    if ((threadIdx.x & 31) == 0) *out = partial;
+    if ((threadIdx.x & 31) == 0) *out = scale * partial;
   }
 
  private:
@@ -268,8 +270,8 @@ class BlockGroup {
     return v;
   }
 
-  __device__ void write_partial(double partial, double* out) const {
-    if (leader()) *out = partial;
+  __device__ void write_partial(double partial, double scale, double* out) const {
+    if (leader()) *out = scale * partial;
   }
 
  private:
@@ -323,17 +325,19 @@ struct Mode {
   static constexpr bool kDense = kDenseLabels;
 };
 
-// The sums one row's reduction carries, in RowStat::v in this order. Three kinds of entry:
-// exp-weighted sums (of exp(z - max), of cost * exp(z - max)) rescale by
-// exp(max_thread - max) when summaries merge; shift-linear sums (of z - max, of t (z - max))
-// gain coef * (max_thread - max), their coefficients (the count of elements, the sum of t)
-// following them in the same order; the rest add plainly.
+// The sums one row's reduction carries beside the maximum, in RowStat::v in this order.
+// Three kinds of entry: exp-weighted sums (of exp(z - max) over the elements below the max,
+// of cost * exp(z - max)) rescale by exp(max_thread - max) when summaries merge;
+// shift-linear sums of the half-shifted logits h = z / 2 - max / 2 (of h / C, of t h) gain
+// coef * (max_thread / 2 - max / 2), their coefficients (the share of classes, count / C,
+// and the sum of t) following them in the same order; the rest add plainly. Summed as
+// h / C and count / C, the smoothing mean cannot leave the float range.
 enum Field {
-  kExpSum,
+  kExpRest,
   kCostSum,
-  kZsSum,
-  kTargetDotZs,
-  kCount,
+  kHalfMean,
+  kTargetDotHalf,
+  kShare,
   kTargetSum,
   kLabelLogit,   // z_y of a sparse label
   kClassWeight,  // sum t_j a_j of dense labels
@@ -344,17 +348,17 @@ template <typename M>
 struct Layout {
   static constexpr bool has(Field f) {
     const bool expected = M::kKind == Kind::kExpectedCost;
-    const bool smoothing = M::kKind != Kind::kFocal;  // sum zs, for eps / C
+    const bool smoothing = M::kKind != Kind::kFocal;  // mean h, for eps
     const bool targets = M::kDense && M::kKind != Kind::kFocal;
     switch (f) {
-      case kExpSum:
+      case kExpRest:
         return true;
       case kCostSum:
         return expected;
-      case kZsSum:
-      case kCount:
+      case kHalfMean:
+      case kShare:
         return smoothing;
-      case kTargetDotZs:
+      case kTargetDotHalf:
       case kTargetSum:
         return targets;
       case kLabelLogit:
@@ -370,16 +374,18 @@ struct Layout {
     for (int e = 0; e < f; ++e) k += has(static_cast<Field>(e));
     return k;
   }
-  static constexpr int kExpN = at(kZsSum);
-  static constexpr int kLinN = at(kCount) - kExpN;
+  static constexpr int kExpN = at(kHalfMean);
+  static constexpr int kLinN = at(kShare) - kExpN;
   static constexpr int kN = at(kFields);
 };
 
-// A summary of some of a row's elements: their maximum and its lowest index, a sum of
-// (z - z) that is NaN iff some z is not finite, and the sums of Layout relative to max.
+// A summary of some of a row's elements: their maximum and its lowest index, how many reach
+// it (their exp(z - max) is exactly 1, kept apart from the rest for log_sum_exp_with), a sum
+// of (z - z) that is NaN iff some z is not finite, and the sums of Layout relative to max.
 template <typename A, typename M>
 struct RowStat {
   A max;
+  A at_max;
   A nonfinite;
   A v[Layout<M>::kN];  // Layout's fields
   int arg;
@@ -389,6 +395,7 @@ template <typename A, typename M>
 __device__ __forceinline__ RowStat<A, M> empty_stat() {
   RowStat<A, M> s;
   s.max = -INFINITY;
+  s.at_max = A(0);
   s.nonfinite = A(0);
 #pragma unroll
   for (int k = 0; k < Layout<M>::kN; ++k) s.v[k] = A(0);
@@ -396,13 +403,20 @@ __device__ __forceinline__ RowStat<A, M> empty_stat() {
   return s;
 }
 
+// Products that are never fused into a neighbouring add: merge(a, b) and merge(b, a) must
+// give the same bits, and a contraction of x * fx + y * fy into fma(x, fx, y * fy) would
+// round the two orders differently.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // coef * d, where an empty sum (coef 0) contributes 0 even when d is infinite (an empty
 // summary's max is -inf).
 template <typename A>
 __device__ __forceinline__ A shift_term(A coef, A d) {
-  return coef == A(0) ? A(0) : coef * d;
+  return coef == A(0) ? A(0) : mul_rn(coef, d);
 }
 
+// The online-softmax merge; commutative to the bit.
 template <typename A, typename M>
 __device__ __forceinline__ RowStat<A, M> merge(const RowStat<A, M>& a, const RowStat<A, M>& b) {
   using L = Layout<M>;
@@ -411,17 +425,24 @@ __device__ __forceinline__ RowStat<A, M> merge(const RowStat<A, M>& a, const Row
   r.max = take_b ? b.max : a.max;
   r.arg = take_b ? b.arg : a.arg;
   r.nonfinite = a.nonfinite + b.nonfinite;
-  // Equal maxima (both -inf for empty summaries) need no rescaling.
-  const A da = a.max == r.max ? A(0) : a.max - r.max;
-  const A db = b.max == r.max ? A(0) : b.max - r.max;
-  const A fa = a.max == r.max ? A(1) : exp(da);
-  const A fb = b.max == r.max ? A(1) : exp(db);
+  // A summary at the merged max needs no rescaling (two empty ones: -inf - -inf is NaN).
+  const bool a_top = a.max == r.max;
+  const bool b_top = b.max == r.max;
+  const A half_max = A(0.5) * r.max;
+  const A fa = a_top ? A(1) : exp(a.max - r.max);
+  const A fb = b_top ? A(1) : exp(b.max - r.max);
+  const A ha = a_top ? A(0) : half_shift(a.max, half_max);
+  const A hb = b_top ? A(0) : half_shift(b.max, half_max);
+  r.at_max = (a_top ? a.at_max : A(0)) + (b_top ? b.at_max : A(0));
+  r.v[L::at(kExpRest)] = (a_top ? a.v[L::at(kExpRest)] : mul_rn(a.v[L::at(kExpRest)] + a.at_max, fa)) +
+                         (b_top ? b.v[L::at(kExpRest)] : mul_rn(b.v[L::at(kExpRest)] + b.at_max, fb));
 #pragma unroll
-  for (int k = 0; k < L::kExpN; ++k) r.v[k] = a.v[k] * fa + b.v[k] * fb;
+  for (int k = L::at(kExpRest) + 1; k < L::kExpN; ++k)
+    r.v[k] = mul_rn(a.v[k], fa) + mul_rn(b.v[k], fb);
 #pragma unroll
   for (int k = L::kExpN; k < L::kExpN + L::kLinN; ++k)
-    r.v[k] = (a.v[k] + shift_term(a.v[k + L::kLinN], da)) +
-             (b.v[k] + shift_term(b.v[k + L::kLinN], db));
+    r.v[k] = (a.v[k] + shift_term(a.v[k + L::kLinN], ha)) +
+             (b.v[k] + shift_term(b.v[k + L::kLinN], hb));
 #pragma unroll
   for (int k = L::kExpN + L::kLinN; k < L::kN; ++k) r.v[k] = a.v[k] + b.v[k];
   return r;
@@ -550,8 +571,8 @@ __device__ void dense_costs(const Group& g, const T* t, const A* cost, int c, in
 
 // One softmax row (DESIGN 2.1, 2.2); the CPU's softmax_row in cpu_kernels.cc, with the
 // passes over a scratch row replaced by passes over the group's slots. Writes the loss and
-// the gradient scaled by f = row_scale * scale; returns f * loss (0 for an ignored row) for
-// the block sums, in every thread of the group.
+// the gradient scaled by row_scale * scale; returns row_scale * loss in double (0 for an
+// ignored row) for the block sums, in every thread of the group.
 template <typename M, typename T, typename A, typename Group>
 __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group& g) {
   using L = Layout<M>;
@@ -580,10 +601,12 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
   if (ignored) return finish(A(0), A(0), 0.0);
   if (bad_label) return finish(nan, nan, static_cast<double>(nan));
 
-  const A f = (p.row_scale != nullptr ? __ldg(p.row_scale + row) : A(1)) * p.scale;
+  const A rs = p.row_scale != nullptr ? __ldg(p.row_scale + row) : A(1);
+  const A f = rs * p.scale;  // the gradient's scale
   const A eps = p.label_smoothing;
+  const bool smoothing = eps != A(0);
   const A inv_c = A(1) / static_cast<A>(c);
-  const bool sparse_focal_label_only = M::kKind == Kind::kFocal && !M::kDense && eps == A(0);
+  const bool sparse_focal_label_only = M::kKind == Kind::kFocal && !M::kDense && !smoothing;
   // exp(z - max_thread) replaces z in the registers when no later pass needs z.
   const bool cache_exp =
       walk.resident() && (M::kKind != Kind::kFocal || sparse_focal_label_only);
@@ -617,6 +640,7 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
       }
     }
     const A m = cs.max;
+    const A half_m = A(0.5) * m;
 #pragma unroll
     for (int s = 0; s < S; ++s) {
       const int j0 = walk.first(chunk, s);
@@ -629,16 +653,20 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
       for (int i = 0; i < V; ++i) {
         const int j = j0 + i;
         if (!walk.in_row(j)) continue;
-        const A zs = z[i] - m;
-        const A e = exp(zs);
-        cs.v[L::at(kExpSum)] += e;
+        const A e = exp(z[i] - m);
+        const bool top = z[i] == m;
+        cs.at_max += top ? A(1) : A(0);
+        cs.v[L::at(kExpRest)] += top ? A(0) : e;
         if constexpr (L::has(kCostSum)) cs.v[L::at(kCostSum)] += cost[i] * e;
-        if constexpr (L::has(kZsSum)) {
-          cs.v[L::at(kZsSum)] += zs;
-          cs.v[L::at(kCount)] += A(1);
+        const A h = half_shift(z[i], half_m);
+        if constexpr (L::has(kHalfMean)) {
+          if (smoothing) {
+            cs.v[L::at(kHalfMean)] += h * inv_c;
+            cs.v[L::at(kShare)] += inv_c;
+          }
         }
         if constexpr (L::has(kTargetSum)) {
-          cs.v[L::at(kTargetDotZs)] += t[i] * zs;
+          cs.v[L::at(kTargetDotHalf)] += t[i] * h;
           cs.v[L::at(kTargetSum)] += t[i];
         }
         if constexpr (L::has(kLabelLogit)) {
@@ -657,31 +685,32 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
   if (!(st.nonfinite == A(0))) return finish(nan, nan, static_cast<double>(nan));
 
   const A m = st.max;
+  const A half_m = A(0.5) * m;
   const int jhat = st.arg;  // lowest index on ties
-  const A sum = st.v[L::at(kExpSum)];
-  const A lse = log(sum);
-  const A inv_sum = A(1) / sum;
-  // p_j from a slot value: exp(z - max_thread) cached, or z.
-  const A cached_scale = exp(thread_max - m) * inv_sum;
-  auto prob = [&](A v) { return cache_exp ? v * cached_scale : exp(v - m) * inv_sum; };
+  const A rest = st.v[L::at(kExpRest)];
+  const A lse = log_sum_exp_with<StdMath>(rest, st.at_max);
+  const A inv_sum = A(1) / (st.at_max + rest);
+  // e_j = exp(z_j - m) from a slot value: exp(z - max_thread) cached, or z.
+  const A cached_scale = exp(thread_max - m);
+  auto expo = [&](A v) { return cache_exp ? v * cached_scale : exp(v - m); };
+  auto prob = [&](A v) { return expo(v) * inv_sum; };
   auto smooth = [&](A tj) { return smooth_target(tj, eps, inv_c); };
 
-  // Cross-entropy against the smoothed target: S = (1 - eps) sum t + eps,
-  // sum ts zs = (1 - eps) sum t zs + eps / C sum zs.
   A target_sum = A(1);
   A ce = A(0);
-  if constexpr (L::has(kZsSum)) {
+  if constexpr (L::has(kHalfMean)) {
     A t_sum = A(1);
-    A t_dot_zs;
+    A t_dot_half;
     if constexpr (L::has(kTargetSum)) {
       t_sum = st.v[L::at(kTargetSum)];
-      t_dot_zs = st.v[L::at(kTargetDotZs)];
+      t_dot_half = st.v[L::at(kTargetDotHalf)];
     } else {
-      t_dot_zs = st.v[L::at(kLabelLogit)] - m;
+      t_dot_half = half_shift(st.v[L::at(kLabelLogit)], half_m);
     }
-    target_sum = (A(1) - eps) * t_sum + eps;
-    ce = shifted_cross_entropy(target_sum, lse,
-                               (A(1) - eps) * t_dot_zs + eps * inv_c * st.v[L::at(kZsSum)]);
+    target_sum = smoothed_sum(t_sum, eps);
+    ce = cross_entropy_half(
+        target_sum, lse,
+        smoothing ? smoothed_dot(t_dot_half, eps, st.v[L::at(kHalfMean)]) : t_dot_half);
   }
 
   if constexpr (M::kKind == Kind::kExpectedCost) {
@@ -704,7 +733,7 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
         }
       });
     }
-    return static_cast<double>(f) * static_cast<double>(loss);
+    return static_cast<double>(rs) * static_cast<double>(loss);
   } else {
     // Per-example weight from the unsmoothed target (DESIGN 2.1); a dense cost-matrix weight
     // needs jhat, so it is reduced here (with the focal sums when there are any).
@@ -737,20 +766,28 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
       const A loss = w * ce;
       if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
       const A wf = w * f;
-      if (out != nullptr)
-        walk.write(out, [&](int, A v, A tj) { return plain_grad(wf, prob(v), smooth(tj), target_sum); });
-      return static_cast<double>(f) * static_cast<double>(loss);
+      const A k = wf * target_sum * inv_sum;
+      if (out != nullptr) {
+        if (cache_exp) {
+          const A k_thread = k * cached_scale;
+          walk.write(out, [&](int, A v, A tj) { return plain_grad(k_thread, v, wf * smooth(tj)); });
+        } else {
+          walk.write(out, [&](int, A v, A tj) { return plain_grad(k, exp(v - m), wf * smooth(tj)); });
+        }
+      }
+      return static_cast<double>(rs) * static_cast<double>(loss);
     }
 
     // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0; with a
     // sparse unsmoothed label that is the label's class alone.
     const A gamma = p.focal_gamma;
-    A phi_sum = A(0);
+    A phi_sum = A(0);  // halved: sum ts phi / 2
     A g_sum = A(0);
     if constexpr (L::has(kLabelLogit)) {
       if (sparse_focal_label_only) {
-        const FocalTerms<A> terms = focal_terms(st.v[L::at(kLabelLogit)] - m - lse, gamma);
-        phi_sum = terms.phi;
+        const FocalTerms<A> terms =
+            focal_terms(A(0.5) * lse - half_shift(st.v[L::at(kLabelLogit)], half_m), gamma);
+        phi_sum = terms.half_phi;
         g_sum = terms.g;
       }
     }
@@ -769,8 +806,9 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
             if (dense_cost) r.v[2] += t[i] * __ldg(p.weights + static_cast<int64_t>(j) * c + jhat);
             const A ts = smooth(t[i]);
             if (ts == A(0)) continue;
-            const FocalTerms<A> terms = focal_terms(walk.slot(s)[i] - m - lse, gamma);
-            r.v[0] += ts * terms.phi;
+            const FocalTerms<A> terms =
+                focal_terms(A(0.5) * lse - half_shift(walk.slot(s)[i], half_m), gamma);
+            r.v[0] += ts * terms.half_phi;
             r.v[1] += ts * terms.g;
           }
         }
@@ -780,7 +818,7 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
       g_sum = r.v[1];
       if (dense_cost) w = r.v[2];
     }
-    const A loss = w * phi_sum;
+    const A loss = w * (A(2) * phi_sum);
     if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
     const A wf = w * f;
     if (out != nullptr) {
@@ -791,21 +829,26 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
       } else {
         walk.write(out, [&](int, A v, A tj) {
           const A ts = smooth(tj);
-          const A gj = ts == A(0) ? A(0) : focal_terms(v - m - lse, gamma).g;
+          const A gj =
+              ts == A(0) ? A(0) : focal_terms(A(0.5) * lse - half_shift(v, half_m), gamma).g;
           return focal_grad(wf, prob(v), ts, gj, g_sum);
         });
       }
     }
-    return static_cast<double>(f) * static_cast<double>(loss);
+    return static_cast<double>(rs) * static_cast<double>(loss);
   }
 }
 
 // How rows are dealt out: chunks of `rows` rows (a power of two dividing
-// kReduceBlockRows), and where each chunk's sum of scaled losses goes (nullptr: nowhere).
+// kReduceBlockRows), and where each chunk's sum of row_scale * loss goes, times `scale`
+// (nullptr: nowhere). A block sum is scale * (its rows' sum), as on the CPU: a chunk that is
+// a whole block applies the problem's scale itself, smaller ones leave it to
+// block_sums_kernel.
 struct Chunks {
   int64_t rows;
   int64_t count;
   double* partials;
+  double scale;
 };
 
 // width: lanes per row for a WarpGroup; clusters: blocks per row for a BlockGroup (> 1 only
@@ -819,14 +862,15 @@ __global__ void __launch_bounds__(Group::kMaxThreads, Group::kMinBlocks)
     double partial = 0;
     for (int64_t r = g.first_row(); r < chunks.rows && row0 + r < p.n; r += g.row_stride())
       partial += softmax_row<M>(p, row0 + r, g);
-    if (chunks.partials != nullptr) g.write_partial(partial, chunks.partials + k);
+    if (chunks.partials != nullptr) g.write_partial(partial, chunks.scale, chunks.partials + k);
   }
 }
 
-// block_sums[b] = partials [b * per_block, (b + 1) * per_block) added in order, a warp each.
+// block_sums[b] = scale * the partials [b * per_block, (b + 1) * per_block) added in a fixed
+// order, a warp each.
 __global__ void __launch_bounds__(kFlatBlock)
     block_sums_kernel(const double* partials, int64_t count, int64_t per_block, int64_t blocks,
-                      double* block_sums) {
+                      double scale, double* block_sums) {
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
   for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; b < blocks;
@@ -835,7 +879,7 @@ __global__ void __launch_bounds__(kFlatBlock)
     double sum = 0;
     for (int64_t k = b * per_block + lane; k < end; k += 32) sum += partials[k];
     sum = warp_leader_sum(sum, 1);
-    if (lane == 0) block_sums[b] = sum;
+    if (lane == 0) block_sums[b] = scale * sum;
   }
 }
 
@@ -848,10 +892,11 @@ struct ElementChunks {
   int64_t piece;           // elements per chunk
   int64_t pieces;          // chunks per reduction block
   int64_t count;
-  double* partials;  // one per chunk, or nullptr
+  double* partials;  // one per chunk, or nullptr; as Chunks
+  double scale;
 };
 
-// Row and column of flat element k; columns advance one element at a time.
+// Row and column of a flat element; columns advance one element at a time.
 struct Position {
   int64_t row;
   int64_t col;
@@ -884,15 +929,25 @@ __global__ void __launch_bounds__(kFlatBlock)
       A z[V], y[V], loss[V], grad[V];
       load_acc<V>(p.logits, j0, begin, end, z);
       load_acc<V>(p.labels, j0, begin, end, y);
-      const int64_t first = std::max(j0, begin);
-      Position at{first / p.c, first % p.c};
-      A scaled = A(0);  // sum of f * loss over the vector
+      // Row and column of the first element, from its offset in the reduction block: a
+      // 32-bit division wherever a block's elements fit 32 bits (a 64-bit one costs several
+      // times more, once per vector).
+      const int64_t local = std::max(j0, begin) - block_begin;
+      Position at;
+      if (chunks.block_elements <= UINT32_MAX) {
+        const uint32_t l = static_cast<uint32_t>(local);
+        const uint32_t cc = static_cast<uint32_t>(p.c);
+        at = {block * kReduceBlockRows + l / cc, static_cast<int64_t>(l % cc)};
+      } else {
+        at = {block * kReduceBlockRows + local / p.c, local % p.c};
+      }
+      A scaled = A(0);  // sum of row_scale * loss over the vector
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         loss[i] = grad[i] = A(0);
         const int64_t e = j0 + i;
         if (e < begin || e >= end) continue;
-        const A f = (p.row_scale != nullptr ? __ldg(p.row_scale + at.row) : A(1)) * p.scale;
+        const A rs = p.row_scale != nullptr ? __ldg(p.row_scale + at.row) : A(1);
         if (y[i] < A(0) || y[i] > A(1)) {
           loss[i] = grad[i] = quiet_nan(A(0));
         } else {
@@ -902,9 +957,9 @@ __global__ void __launch_bounds__(kFlatBlock)
               class_value(p.neg_weight, p.neg_weight_size, at.col), p.focal_gamma);
           loss[i] = terms.loss;
           const A es = p.element_scale != nullptr ? __ldg(p.element_scale + e) : A(1);
-          grad[i] = es * f * terms.grad;
+          grad[i] = p.scale * rs * es * terms.grad;
         }
-        scaled += f * loss[i];
+        scaled += rs * loss[i];
         advance(at, p.c);
       }
       if (p.loss != nullptr) store<V>(p.loss, j0, begin, end, [&](int i) { return loss[i]; });
@@ -914,7 +969,7 @@ __global__ void __launch_bounds__(kFlatBlock)
     }
     if (chunks.partials != nullptr) {
       partial = warp_leader_sum(partial, 1);
-      if (lane == 0) chunks.partials[k] = partial;
+      if (lane == 0) chunks.partials[k] = chunks.scale * partial;
     }
   }
 }
@@ -1019,7 +1074,7 @@ Chunks plan_chunks(int64_t n, int64_t threads, int64_t min_rows) {
   const int64_t target = std::max<int64_t>(1, kTargetWarps * 32 / threads);
   int64_t rows = kReduceBlockRows;
   while (rows > min_rows && ceil_div(n, rows) < target) rows /= 2;
-  return {rows, ceil_div(n, rows), nullptr};
+  return {rows, ceil_div(n, rows), nullptr, 1.0};
 }
 
 // The partials' scratch comes from the stream-ordered pool; where a device has none,
@@ -1070,11 +1125,11 @@ cudaError_t bind_partials(double* block_sums, int64_t per_block, int64_t count,
 }
 
 cudaError_t finish_block_sums(const double* partials, int64_t count, int64_t per_block,
-                              int64_t blocks, double* block_sums, const Device& d,
+                              int64_t blocks, double scale, double* block_sums, const Device& d,
                               cudaStream_t stream) {
   if (block_sums == nullptr || per_block == 1) return cudaSuccess;
   return launch(block_sums_kernel, grid_for(ceil_div(blocks, kFlatBlock / 32), kFlatBlock, d),
-                kFlatBlock, 1, stream, partials, count, per_block, blocks, block_sums);
+                kFlatBlock, 1, stream, partials, count, per_block, blocks, scale, block_sums);
 }
 
 // How many clusters of this shape can run at once; 0 where clusters are unavailable: they
@@ -1166,10 +1221,12 @@ cudaError_t softmax_mode(const SoftmaxProblem<T, A>& p, const Device& d, cudaStr
   cudaError_t status =
       bind_partials(p.block_sums, per_block, shape.chunks.count, &scratch, &shape.chunks.partials);
   if (status != cudaSuccess) return status;
+  const double scale = static_cast<double>(p.scale);
+  shape.chunks.scale = per_block == 1 ? scale : 1.0;
   status = launch(kernel, shape.blocks, shape.threads, shape.clusters, stream, p, shape.chunks,
                   shape.width, shape.clusters);
   if (status != cudaSuccess) return status;
-  return finish_block_sums(shape.chunks.partials, shape.chunks.count, per_block, blocks,
+  return finish_block_sums(shape.chunks.partials, shape.chunks.count, per_block, blocks, scale,
                            p.block_sums, d, stream);
 }
 
@@ -1190,12 +1247,14 @@ cudaError_t sigmoid_mode(const SigmoidProblem<T, A>& p, const Device& d, cudaStr
   cudaError_t status =
       bind_partials(p.block_sums, chunks.pieces, chunks.count, &scratch, &chunks.partials);
   if (status != cudaSuccess) return status;
+  const double scale = static_cast<double>(p.scale);
+  chunks.scale = chunks.pieces == 1 ? scale : 1.0;
   status = launch(sigmoid_kernel<kFocal, T, A>,
                   grid_for(ceil_div(chunks.count, kFlatBlock / 32), kFlatBlock, d), kFlatBlock, 1,
                   stream, p, chunks);
   if (status != cudaSuccess) return status;
-  return finish_block_sums(chunks.partials, chunks.count, chunks.pieces, blocks, p.block_sums, d,
-                           stream);
+  return finish_block_sums(chunks.partials, chunks.count, chunks.pieces, blocks, scale,
+                           p.block_sums, d, stream);
 }
 
 }  // namespace
