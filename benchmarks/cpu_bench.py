@@ -568,6 +568,8 @@ def summarize_case(
             "method": best,
             "threads": threads,
             "bandwidth_gb_s": bandwidth,
+            # Only other work competing for the cores makes one thread outrun all of them.
+            "one_thread_faster": methods["numpy-1-thread"]["bandwidth_gb_s"] > bandwidth,
         },
         "timings_ms": {name: raw[name] for name in medians},
         "median_ms": medians,
@@ -726,6 +728,13 @@ def format_report(report: dict[str, Any]) -> str:
             + ", ".join(f"{m} fastest in {k}" for m, k in winners.items())
             + f"); a one-thread NumPy copy reached {statistics.median(one):.1f} GB/s"
         )
+        busy = [case["case"] for case in cases if case["floor"]["one_thread_faster"]]
+        if busy:
+            lines.append(
+                f"note: in {len(busy)} of {len(cases)} cases the one-thread copy beat the "
+                "all-core copies, so other work competed for the cores: their times and "
+                "floors are less reliable"
+            )
     lines.append("")
     table = [[
         "case", "N", "rounds", "copy GB/s", "row", "impl", "ms", "floor ms", "time/floor",

@@ -48,6 +48,8 @@ def _panel(axis: Any, cases: list[dict[str, Any]]) -> None:
         axis.axhline(target, color="black", linewidth=0.8, linestyle="--", alpha=0.5)
     axis.axhline(1.0, color="black", linewidth=1.2)
     axis.set_xscale("log")
+    axis.set_xticks(classes, [str(c) for c in classes])
+    axis.minorticks_off()
     axis.set_yscale("log")
     axis.set_xlabel("classes C")
     axis.set_ylabel("time / floor (median)")

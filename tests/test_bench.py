@@ -120,6 +120,9 @@ def test_floor_is_positive_and_uses_every_core(report: dict[str, Any]) -> None:
         assert floor["bandwidth_gb_s"] == max(
             methods[m]["bandwidth_gb_s"] for m in cpu_bench.ALL_CORE_COPIES
         )
+        assert floor["one_thread_faster"] == (
+            methods["numpy-1-thread"]["bandwidth_gb_s"] > floor["bandwidth_gb_s"]
+        )
         n, c = case["rows"], case["classes"]
         labels = n * 4 if case["labels"] == "sparse" else n * c * 4
         assert case["bytes"] == {"logits": n * c * 4, "labels": labels,
