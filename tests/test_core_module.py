@@ -216,6 +216,13 @@ def test_read_only_inputs_are_fine() -> None:
     check_case(case, *_core.softmax_loss(**inputs))
 
 
+def test_invalid_label_stops_a_reduced_call_too() -> None:
+    labels = np.zeros(3000, np.int64)
+    labels[2500] = 3
+    with pytest.raises(ValueError, match=r"^labels\[2500\] = 3 is outside the valid class range \[0, 3\)$"):
+        _core.softmax_loss(np.zeros((3000, 3), np.float32), labels, reduction="sum")
+
+
 # ---------------------------------------------------------------------------------------
 # Sigmoid and gradient scaling.
 
@@ -305,6 +312,222 @@ def test_sigmoid_leading_dimensions() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Output scaling: row_scale, element_scale and scale multiply the gradient, written once.
+
+SCALED_MODES = [
+    ("plain", "int32"), ("class", "onehot"), ("cost", "soft"), ("focal", "int64"),
+    ("expected_ce_smooth", "int32"), ("ignore", "int64"),
+]
+
+
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+@pytest.mark.parametrize("mode, kind", SCALED_MODES)
+def test_row_scale_and_scale_multiply_the_gradient(mode: str, kind: str, dtype: str) -> None:
+    rng = rng_for("row_scale", mode, kind, dtype)
+    case = softmax_case(mode, kind, dtype, 11, 7, rng)
+    acc = acc_dtype(dtype)
+    # Upstream gradients of any sign, one exactly 0.
+    row_scale = core_cases.round_to(rng.normal(size=11), acc)
+    row_scale[3] = 0.0
+    factor = row_scale[:, None] * 0.75
+    loss, grad = _core.softmax_loss(**numpy_inputs(case), row_scale=row_scale.astype(acc), scale=0.75)
+    assert_close("loss", loss, case.loss, acc, case.loss_terms)  # the loss stays unscaled
+    assert_close("grad", grad, case.grad * factor, dtype, case.grad_terms * np.abs(factor))
+    assert not grad[3].any()
+
+
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+@pytest.mark.parametrize("mode", list(core_cases.SIGMOID_MODES))
+def test_sigmoid_element_and_row_scale(mode: str, dtype: str) -> None:
+    rng = rng_for("sigmoid-scale", mode, dtype)
+    case = core_cases.sigmoid_case(mode, dtype, 9, 5, rng)
+    acc = acc_dtype(dtype)
+    element_scale = core_cases.round_to(rng.normal(size=(9, 5)), acc)
+    row_scale = core_cases.round_to(rng.uniform(0.0, 2.0, size=9), acc)
+    weights = {
+        name: None if w is None else w.astype(acc)
+        for name, w in (("pos_weight", case.pos_weight), ("neg_weight", case.neg_weight))
+    }
+    loss, grad = _core.sigmoid_loss(
+        case.logits.astype(dtype), case.labels.astype(dtype), **weights, **case.kwargs,
+        element_scale=element_scale.astype(acc), row_scale=row_scale.astype(acc), scale=-2.0,
+    )
+    assert_close("loss", loss, case.loss, acc)
+    assert_close("grad", grad, case.grad * element_scale * row_scale[:, None] * -2.0, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions (Keras' sum, sum_over_batch_size, mean_with_sample_weight) folded into the pass.
+
+REDUCTIONS = ["sum", "sum_over_batch_size", "mean_with_sample_weight"]
+
+
+def keras_reduced(
+    per_row: np.ndarray, keep: np.ndarray, sample_weight: np.ndarray | None, reduction: str, scale: float = 1.0
+) -> tuple[float, np.ndarray]:
+    """scale times Keras' reduction of per-row losses (keras/src/losses/loss.py: apply_mask,
+    then reduce_weighted_values) in float64, and its derivative by each row's loss: the
+    factor the module folds into that row's gradient."""
+    w = keep.astype(np.float64)
+    if sample_weight is not None:
+        w = w * sample_weight
+    if reduction == "sum":
+        divisor = 1.0
+    elif reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = float(w.sum())
+    else:
+        divisor = float(keep.sum())
+    d_row = np.zeros_like(w) if divisor == 0 else scale * w / divisor
+    return float((d_row * per_row).sum()), d_row
+
+
+def reduction_case(mode: str, dtype: str, n: int, c: int, weighted: bool, key: Any):
+    rng = rng_for("reduction", mode, dtype, n, c, weighted, key)
+    case = softmax_case(mode, "int64", dtype, n, c, rng)
+    sample_weight = None
+    if weighted:
+        sample_weight = core_cases.round_to(rng.uniform(0.0, 2.0, size=n), acc_dtype(dtype))
+        sample_weight[::7] = 0.0
+    keep = case.labels != case.kwargs.get("ignore_class", -1)
+    return case, sample_weight, keep
+
+
+def check_reduced(case, got_loss: float, got_grad: np.ndarray, want_loss: float, d_row: np.ndarray) -> None:
+    acc = acc_dtype(case.dtype)
+    assert isinstance(got_loss, float)
+    terms = float((np.abs(d_row) * case.loss_terms).sum())
+    assert_close("reduced loss", np.array(got_loss), np.array(want_loss), acc, np.array(terms))
+    grad_terms = case.grad_terms * np.abs(d_row[:, None])
+    if case.dtype == "float16":
+        # Gradients scaled by 1 / divisor reach float16's subnormals, where one rounding is
+        # worth up to half their spacing of 2^-24 however small the value.
+        grad_terms = np.maximum(grad_terms, 2.0**-25 / core_cases.TOLERANCE["float16"][0])
+    assert_close("grad", got_grad, case.grad * d_row[:, None], case.dtype, grad_terms)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("mode", ["plain", "ignore", "expected_ce_smooth", "focal_half_smooth_class"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduced_softmax(reduction: str, mode: str, weighted: bool, dtype: str) -> None:
+    # Over two reduction blocks (1024 rows each) and a partial third.
+    case, sample_weight, keep = reduction_case(mode, dtype, 2600, 5, weighted, "values")
+    inputs = numpy_inputs(case)
+    if sample_weight is not None:
+        inputs["row_scale"] = sample_weight.astype(acc_dtype(dtype))
+    loss, grad = _core.softmax_loss(**inputs, reduction=reduction)
+    want, d_row = keras_reduced(case.loss, keep, sample_weight, reduction)
+    check_reduced(case, loss, grad, want, d_row)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduced_scale_multiplies_loss_and_gradient(reduction: str) -> None:
+    case, sample_weight, keep = reduction_case("ignore", "float32", 40, 4, True, "scale")
+    loss, grad = _core.softmax_loss(
+        **numpy_inputs(case), row_scale=sample_weight.astype("float32"), scale=-3.0, reduction=reduction
+    )
+    want, d_row = keras_reduced(case.loss, keep, sample_weight, reduction, scale=-3.0)
+    check_reduced(case, loss, grad, want, d_row)
+
+
+def test_reduced_loss_only() -> None:
+    case, sample_weight, keep = reduction_case("class", "float32", 30, 4, True, "loss-only")
+    inputs = {**numpy_inputs(case), "row_scale": sample_weight.astype("float32")}
+    loss, grad = _core.softmax_loss(**inputs, reduction="mean_with_sample_weight", compute_backprop=False)
+    assert grad is None
+    assert loss == _core.softmax_loss(**inputs, reduction="mean_with_sample_weight")[0]
+
+
+def test_reduced_results_are_bitwise_deterministic() -> None:
+    # Large enough that the rows are split over threads (at whole reduction blocks).
+    case, sample_weight, keep = reduction_case("ignore", "float32", 20011, 64, True, "determinism")
+    inputs = {**numpy_inputs(case), "row_scale": sample_weight.astype("float32")}
+    first = _core.softmax_loss(**inputs, reduction="sum_over_batch_size")
+    for _ in range(2):
+        again = _core.softmax_loss(**inputs, reduction="sum_over_batch_size")
+        assert again[0] == first[0]
+        np.testing.assert_array_equal(again[1], first[1])
+    check_reduced(case, *first, *keras_reduced(case.loss, keep, sample_weight, "sum_over_batch_size"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduction_with_every_row_ignored_is_zero(reduction: str) -> None:
+    logits = rng_for("all-ignored").normal(size=(6, 3)).astype(np.float32)
+    weights = np.ones(6, np.float32)
+    loss, grad = _core.softmax_loss(logits, np.full(6, 2, np.int32), ignore_class=2, row_scale=weights, reduction=reduction)
+    assert loss == 0.0 and not grad.any()
+
+
+def test_zero_sample_weight_sum_gives_zero() -> None:
+    # mean_with_sample_weight divides by the kept rows' weights: 0 here (the ignored rows'
+    # weights do not count), so divide-no-nan gives a zero loss and gradient.
+    logits = rng_for("zero-weights").normal(size=(5, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2, 0], np.int64)
+    sample_weight = np.array([0, 1, 0, 1, 0], np.float32)
+    loss, grad = _core.softmax_loss(
+        logits, labels, ignore_class=2, row_scale=sample_weight, reduction="mean_with_sample_weight"
+    )
+    assert loss == 0.0 and not grad.any()
+    loss, grad = _core.softmax_loss(logits, labels, row_scale=np.zeros(5, np.float32), reduction="sum")
+    assert loss == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduced_empty_batch(reduction: str) -> None:
+    loss, grad = _core.softmax_loss(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), reduction=reduction)
+    assert loss == 0.0 and grad.shape == (0, 4)
+    loss, grad = _core.sigmoid_loss(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), reduction=reduction)
+    assert loss == 0.0 and grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduced_sigmoid(reduction: str, weighted: bool, dtype: str) -> None:
+    # keras.losses.BinaryCrossentropy: the per-example loss is the mean over the last axis.
+    rng = rng_for("reduced-sigmoid", reduction, weighted, dtype)
+    n, c = 2100, 3
+    case = core_cases.sigmoid_case("focal_smooth", dtype, n, c, rng)
+    acc = acc_dtype(dtype)
+    sample_weight = core_cases.round_to(rng.uniform(0.0, 2.0, size=n), acc) if weighted else None
+    loss, grad = _core.sigmoid_loss(
+        case.logits.astype(dtype), case.labels.astype(dtype), case.pos_weight.astype(acc), **case.kwargs,
+        row_scale=None if sample_weight is None else sample_weight.astype(acc), reduction=reduction,
+    )
+    want, d_row = keras_reduced(case.loss.mean(axis=1), np.ones(n, bool), sample_weight, reduction)
+    assert isinstance(loss, float)
+    assert_close("reduced loss", np.array(loss), np.array(want), acc)
+    assert_close("grad", grad, case.grad * d_row[:, None] / c, dtype)
+
+
+def test_reductions_match_keras() -> None:
+    """keras_reduced (and so the module) against Keras' own reduction code and its gradient."""
+    pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from keras.src.losses.loss import reduce_weighted_values
+
+    for reduction in REDUCTIONS:
+        for weighted in (False, True):
+            case, sample_weight, keep = reduction_case("ignore", "float64", 50, 4, weighted, "keras")
+            values = tf.constant(case.loss)
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                total = reduce_weighted_values(
+                    values,
+                    sample_weight=None if sample_weight is None else tf.constant(sample_weight),
+                    mask=tf.constant(keep),
+                    reduction=reduction,
+                    dtype="float64",
+                )
+            inputs = numpy_inputs(case)
+            if sample_weight is not None:
+                inputs["row_scale"] = sample_weight
+            loss, grad = _core.softmax_loss(**inputs, reduction=reduction)
+            d_row = tape.gradient(total, values).numpy()
+            check_reduced(case, loss, grad, float(total), d_row)
+
+
+# ---------------------------------------------------------------------------------------
 # Negative weights: refused where they multiply a cross-entropy, rewards in expected cost.
 
 
@@ -346,4 +569,4 @@ def test_bfloat16(kind: str) -> None:
 
 def test_module_facts() -> None:
     assert isinstance(_core.has_cuda(), bool)
-    assert _core.cpu_instruction_set() in ("avx2-fma", "baseline")
+    assert _core.cpu_instruction_set() in ("avx512", "avx2-fma", "baseline")

@@ -697,7 +697,8 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
   require_finite_scale(scale);
   const bool reduced = spec.reduction != Reduction::kNone;
   logits.require_contiguous();
-  for (const Array* a : std::initializer_list<const Array*>{&labels, weights.get(), row_scale.get()})
+  for (const Array* a :
+       std::initializer_list<const Array*>{&labels, weights.get(), row_scale.get()})
     require_input(a, logits);
 
   return with_float_type(logits, [&](auto tag) -> py::tuple {
@@ -857,8 +858,8 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
         loss_outputs<T, A>(p, reduced, spec.logits.shape, spec.logits.shape, loss_obj,
                            backprop_obj, compute_backprop, logits, stream);
     const int64_t bad = run_loss(
-        logits, "sigmoid_loss", p, stream, p.n * p.c, cpu::sigmoid_element_cycles(p.focal_gamma != 0),
-        reduced ? kReduceBlockRows * p.c : 1,
+        logits, "sigmoid_loss", p, stream, p.n * p.c,
+        cpu::sigmoid_element_cycles(p.focal_gamma != 0), reduced ? kReduceBlockRows * p.c : 1,
         [&](int64_t begin, int64_t end) { return cpu::sigmoid_elements(p, begin, end); });
     if (bad >= 0)
       throw py::value_error(
