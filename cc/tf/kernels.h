@@ -148,6 +148,31 @@ struct Launch {
 
 inline int64_t block_count(int64_t n) { return (n + kReduceBlockRows - 1) / kReduceBlockRows; }
 
+// The reduced variants' common part: output 0 is the scalar scale * sum_i s_i loss_i / D with
+// D = divisor(d) * per_row_count (the sigmoid loss averages a row's per_row_count values); a
+// zero D gives 0, as Keras' divide_no_nan. The row pass (`run`, false on error) scales the
+// gradient and fills one double per block of kReduceBlockRows rows, added here in order.
+template <typename Device, typename A, typename Problem, typename Run>
+void run_reduced(OpKernelContext* ctx, const DivisorInput<A>& d, double per_row_count,
+                 Problem* p, Run run) {
+  double scale = 1;
+  OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
+  Tensor* loss = nullptr;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
+  const double divisor = Launch<Device>::divisor(ctx, d) * per_row_count;
+  if (!ctx->status().ok()) return;
+  p->scale = static_cast<A>(divisor == 0 ? 0.0 : scale / divisor);
+  const int64_t blocks = block_count(d.n);
+  Tensor block_sums;
+  OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
+                                         TensorShape({std::max<int64_t>(1, blocks)}), &block_sums));
+  p->block_sums = block_sums.flat<double>().data();
+  if (!run(*p)) return;
+  // NaN * 0 would survive a zero scale; Keras gives exactly 0 there.
+  Launch<Device>::sum_blocks(ctx, p->block_sums, divisor == 0 ? 0 : blocks,
+                             loss->flat<A>().data());
+}
+
 // ---------------------------------------------------------------------------------------
 // Softmax losses.
 
@@ -235,10 +260,6 @@ class SoftmaxLossOp : public OpKernel {
       return;
     }
 
-    double scale = 1;
-    OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
-    Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
     DivisorInput<A> d;
     d.reduction = spec.reduction;
     d.n = p.n;
@@ -247,18 +268,9 @@ class SoftmaxLossOp : public OpKernel {
     d.labels64 = p.labels64;
     d.has_ignore_class = p.has_ignore_class;
     d.ignore_class = p.ignore_class;
-    const double divisor = Launch<Device>::divisor(ctx, d);
-    if (!ctx->status().ok()) return;
-    // A zero divisor (every row ignored or weighted 0) gives 0, as Keras' divide_no_nan.
-    p.scale = static_cast<A>(divisor == 0 ? 0.0 : scale / divisor);
-    Tensor block_sums;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
-                                           TensorShape({std::max<int64_t>(1, block_count(p.n))}),
-                                           &block_sums));
-    p.block_sums = block_sums.flat<double>().data();
-    if (!run(ctx, spec, p)) return;
-    Launch<Device>::sum_blocks(ctx, p.block_sums, p.n == 0 ? 0 : block_count(p.n),
-                               loss->flat<A>().data());
+    run_reduced<Device>(ctx, d, 1.0, &p, [&](const SoftmaxProblem<CT, A>& q) {
+      return run(ctx, spec, q);
+    });
   }
 
  private:
@@ -358,29 +370,15 @@ class SigmoidLossOp : public OpKernel {
       return;
     }
 
-    double scale = 1;
-    OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
     if (spec.row_scale.present) p.row_scale = extra->flat<A>().data();
-    Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
     DivisorInput<A> d;
     d.reduction = reduction_;
     d.n = p.n;
     if (reduction_ == Reduction::kMeanWithSampleWeight) d.sample_weight = p.row_scale;
-    const double divisor = Launch<Device>::divisor(ctx, d);
-    if (!ctx->status().ok()) return;
-    // The per-row loss is the mean over the last axis; a zero divisor gives 0.
-    p.scale = static_cast<A>(divisor == 0 || p.c == 0
-                                 ? 0.0
-                                 : scale / (divisor * static_cast<double>(p.c)));
-    Tensor block_sums;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
-                                           TensorShape({std::max<int64_t>(1, block_count(p.n))}),
-                                           &block_sums));
-    p.block_sums = block_sums.flat<double>().data();
-    if (!run(ctx, spec, p)) return;
-    Launch<Device>::sum_blocks(ctx, p.block_sums, p.n * p.c == 0 ? 0 : block_count(p.n),
-                               loss->flat<A>().data());
+    // The per-row loss is the mean over the last axis.
+    run_reduced<Device>(ctx, d, static_cast<double>(p.c), &p, [&](const SigmoidProblem<CT, A>& q) {
+      return run(ctx, spec, q);
+    });
   }
 
  private:

@@ -92,17 +92,22 @@ a zero divisor gives 0. backprop = d loss / d logits. scale (host float64) is th
 distribution strategy's 1 / replicas.
 )doc");
 
+#define COSTXENT_SIGMOID_INPUTS          \
+  Input("logits: T")                     \
+      .Input("labels: T")                \
+      .Input("pos_weight: A")            \
+      .Input("neg_weight: A")            \
+      .Input("label_smoothing: double")  \
+      .Input("focal_gamma: double")
+
+#define COSTXENT_SIGMOID_ATTRS                \
+  Attr("T: {half, bfloat16, float, double}")  \
+      .Attr("A: {float, double}")             \
+      .Attr("check_weights: bool = true")
+
 REGISTER_OP("CostxentSigmoidLoss")
-    .Input("logits: T")
-    .Input("labels: T")
-    .Input("pos_weight: A")
-    .Input("neg_weight: A")
-    .Input("label_smoothing: double")
-    .Input("focal_gamma: double")
-    .Output("loss: A")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("A: {float, double}")
-    .Attr("check_weights: bool = true")
+    .COSTXENT_SIGMOID_INPUTS.Output("loss: A")
+    .COSTXENT_SIGMOID_ATTRS
     .SetShapeFn([](InferenceContext* c) { return LogitsShape(c, 0); })
     .Doc(R"doc(
 Fused weighted (focal) sigmoid cross-entropy per element of logits [..., C].
@@ -110,36 +115,20 @@ pos_weight / neg_weight: [0] (all ones), [1] (broadcast) or [C].
 )doc");
 
 REGISTER_OP("CostxentSigmoidLossGrad")
-    .Input("logits: T")
-    .Input("labels: T")
-    .Input("pos_weight: A")
-    .Input("neg_weight: A")
-    .Input("label_smoothing: double")
-    .Input("focal_gamma: double")
-    .Input("grad_loss: A")
+    .COSTXENT_SIGMOID_INPUTS.Input("grad_loss: A")
     .Output("backprop: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("A: {float, double}")
-    .Attr("check_weights: bool = true")
+    .COSTXENT_SIGMOID_ATTRS
     .SetShapeFn([](InferenceContext* c) { return LogitsShape(c, 0); })
     .Doc(R"doc(
 grad_loss * d loss / d logits of CostxentSigmoidLoss, element-wise, rounded once to T.
 )doc");
 
 REGISTER_OP("CostxentSigmoidLossReduced")
-    .Input("logits: T")
-    .Input("labels: T")
-    .Input("pos_weight: A")
-    .Input("neg_weight: A")
-    .Input("label_smoothing: double")
-    .Input("focal_gamma: double")
-    .Input("sample_weight: A")
+    .COSTXENT_SIGMOID_INPUTS.Input("sample_weight: A")
     .Input("scale: double")
     .Output("loss: A")
     .Output("backprop: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("A: {float, double}")
-    .Attr("check_weights: bool = true")
+    .COSTXENT_SIGMOID_ATTRS
     .Attr("reduction: {'sum', 'sum_over_batch_size', 'mean_with_sample_weight'}")
     .SetShapeFn(ScalarAndLogitsShape)
     .Doc(R"doc(

@@ -142,8 +142,7 @@ class _CostxentLoss(keras.losses.Loss):
         weights = _row_weights(sample_weight, lead, x.acc_dtype)
         if weights is False:
             return None
-        reduce = cx_ops.reduced_softmax if isinstance(x, _args.SoftmaxInputs) else cx_ops.reduced_sigmoid
-        return reduce(x, weights, reduction)
+        return cx_ops.reduced_loss(x, weights, reduction)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss of shape ``y_pred.shape[:-1]``, before Keras' reduction.

@@ -10,7 +10,7 @@ Gradients move the logits' bytes as few times as possible (DESIGN 3):
   once more and writes ``grad_loss_i * d loss_i / d logits`` once (recomputing is one read
   and one write less than storing the gradient forward and scaling it backward, and a
   half-precision gradient is rounded once);
-- the Keras losses call ``reduced_softmax`` / ``reduced_sigmoid``, whose op folds the Keras
+- the Keras losses call ``reduced_loss``, whose op folds the Keras
   reduction, ``sample_weight`` and ``ignore_class`` into the row pass and writes the gradient
   of the scalar loss in that same pass; backward multiplies it by the upstream scalar in
   place, and not at all when that scalar is 1.
@@ -276,8 +276,8 @@ def _replica_scale() -> float:
     return 1.0 / replicas if replicas > 1 else 1.0
 
 
-def reduced_softmax(
-    x: _args.SoftmaxInputs, sample_weight: Optional[tf.Tensor], reduction: str
+def reduced_loss(
+    x: _args.SoftmaxInputs | _args.SigmoidInputs, sample_weight: Optional[tf.Tensor], reduction: str
 ) -> Optional[tf.Tensor]:
     """The Keras-reduced loss of validated inputs in one fused pass, or None where the fused
     reduced op does not run or no gradient is recorded (the caller then reduces per-example
@@ -286,27 +286,18 @@ def reduced_softmax(
     ``loss = r * sum_i s_i loss_i / D``: ``s`` = ``sample_weight`` (leading shape or None),
     ``D`` = 1 ('sum'), the non-ignored rows ('sum_over_batch_size'), or the sum of ``s`` over
     them ('mean_with_sample_weight'); ``D = 0`` gives 0; ``r`` = 1 / replicas in sync for the
-    mean reductions. Returns a scalar in the accumulation dtype.
+    mean reductions. For the sigmoid loss ``loss_i`` is the mean over the last axis
+    (``keras.losses.BinaryCrossentropy``'s convention). Returns a scalar in the
+    accumulation dtype.
     """
     if _use_reference(x) or not _may_differentiate(x.logits):
         return None
-    inputs, attrs = _softmax_args(x)
-    return _reduced(
-        _op_library().costxent_softmax_loss_reduced, inputs, attrs, x, sample_weight, reduction
-    )
-
-
-def reduced_sigmoid(
-    x: _args.SigmoidInputs, sample_weight: Optional[tf.Tensor], reduction: str
-) -> Optional[tf.Tensor]:
-    """As ``reduced_softmax`` for the per-row mean over the last axis of the sigmoid loss
-    (``keras.losses.BinaryCrossentropy``'s convention), with no ignored rows."""
-    if _use_reference(x) or not _may_differentiate(x.logits):
-        return None
+    library = _op_library()
+    if isinstance(x, _args.SoftmaxInputs):
+        inputs, attrs = _softmax_args(x)
+        return _reduced(library.costxent_softmax_loss_reduced, inputs, attrs, x, sample_weight, reduction)
     inputs, attrs = _sigmoid_args(x)
-    return _reduced(
-        _op_library().costxent_sigmoid_loss_reduced, inputs, attrs, x, sample_weight, reduction
-    )
+    return _reduced(library.costxent_sigmoid_loss_reduced, inputs, attrs, x, sample_weight, reduction)
 
 
 def _reduced(
