@@ -63,10 +63,9 @@ SIGMOID_CLASSES = 30
 POS_WEIGHT = 27.0
 FOCAL_GAMMA = 2.0
 CE_WEIGHT = 0.1
-# The Keras losses keep a cost matrix as nested Python lists and every traced function embeds
-# it as a constant: at C = 10000 (4e8 bytes) that exhausts this project's 23 GB machines.
+# Every traced function embeds the Keras loss' cost matrix as a constant: at C = 10000
+# (4e8 bytes) one warm-up call took 40-90 s and the process 22 GB of this 23 GB machine.
 MAX_COST_MATRIX_ELEMENTS = 2**24
-# Modes that have a cost matrix.
 COST_MODES = ("cost-matrix", "expected-cost")
 
 DEFAULT_BUDGET_S = 660.0
@@ -140,9 +139,9 @@ class Case:
         """Why this case cannot run here, or None."""
         if self.mode in COST_MODES and self.classes**2 > MAX_COST_MATRIX_ELEMENTS:
             return (
-                f"a {self.classes} x {self.classes} cost matrix: the Keras loss keeps it as "
-                "nested Python lists and every traced function embeds it as a constant, "
-                "more memory than this machine has"
+                f"a {self.classes} x {self.classes} cost matrix: every traced function embeds "
+                "it as a constant, so tracing and compiling take minutes and more memory "
+                "than this machine has"
             )
         return None
 
@@ -255,18 +254,21 @@ class _ReferenceLoss(keras.losses.Loss):
 PerExample = Callable[[Any, Any], Any]
 
 
-def _per_example_loss(module: Any, case: Case, weights: Optional[np.ndarray]) -> PerExample:
-    """The mode's per-example loss from ``costxent.ops`` or ``costxent.reference``."""
-    if case.mode == "expected-cost":
-        return lambda y, z: module.expected_cost(y, z, weights, ce_weight=CE_WEIGHT)
-    if case.mode == "sigmoid":
-        return lambda y, z: module.sigmoid_cross_entropy(y, z, pos_weight=POS_WEIGHT)
-    options = {
+def _softmax_options(case: Case, weights: Optional[np.ndarray]) -> dict[str, Any]:
+    """The keyword arguments of the weighted softmax loss (functional or Keras) for a mode."""
+    return {
         "plain": {},
         "class-weight": {"class_weight": weights},
         "cost-matrix": {"cost_matrix": weights},
         "focal": {"focal_gamma": FOCAL_GAMMA},
     }[case.mode]
+
+
+def _per_example_loss(module: Any, case: Case, weights: Optional[np.ndarray]) -> PerExample:
+    """A softmax mode's per-example loss from ``costxent.ops`` or ``costxent.reference``."""
+    if case.mode == "expected-cost":
+        return lambda y, z: module.expected_cost(y, z, weights, ce_weight=CE_WEIGHT)
+    options = _softmax_options(case, weights)
     return lambda y, z: module.softmax_cross_entropy(y, z, **options)
 
 
@@ -276,13 +278,7 @@ def _keras_loss(case: Case, weights: Optional[np.ndarray]) -> keras.losses.Loss:
         return cx.ExpectedCostLoss(weights, ce_weight=CE_WEIGHT, from_logits=True)
     if case.mode == "sigmoid":
         return cx.WeightedBinaryCrossentropy(pos_weight=POS_WEIGHT, from_logits=True)
-    options = {
-        "plain": {},
-        "class-weight": {"class_weight": weights},
-        "cost-matrix": {"cost_matrix": weights},
-        "focal": {"focal_gamma": FOCAL_GAMMA},
-    }[case.mode]
-    return cx.WeightedCategoricalCrossentropy(from_logits=True, **options)
+    return cx.WeightedCategoricalCrossentropy(from_logits=True, **_softmax_options(case, weights))
 
 
 def _reference_keras_loss(case: Case, weights: Optional[np.ndarray]) -> keras.losses.Loss:
@@ -307,7 +303,9 @@ def reference_name(case: Case) -> str:
 Implementations = dict[str, str]
 
 
-def _loss_step(loss: keras.losses.Loss, jit: bool, record: Optional[Callable[[], None]]):
+def _loss_step(
+    loss: keras.losses.Loss, jit: bool, record: Optional[Callable[[], None]]
+) -> Callable[..., Any]:
     """Forward + backward of a Keras loss: its scalar and d loss / d logits."""
 
     def step(labels: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -321,7 +319,9 @@ def _loss_step(loss: keras.losses.Loss, jit: bool, record: Optional[Callable[[],
     return tf.function(step, jit_compile=jit)
 
 
-def _per_example_step(fn: PerExample, jit: bool, record: Optional[Callable[[], None]]):
+def _per_example_step(
+    fn: PerExample, jit: bool, record: Optional[Callable[[], None]]
+) -> Callable[..., Any]:
     """Forward + backward of a per-example loss under an upstream gradient ``g`` [N]."""
 
     def step(
@@ -518,11 +518,17 @@ def summarize_case(
 ) -> dict[str, Any]:
     """The JSON record of a case: raw times, medians, the floor, the rows and their targets."""
     medians = {name: statistics.median(values) for name, values in raw.items()}
+    copy_threads = {
+        "numpy-threads": threads,
+        # 0 means TF sizes its intra-op pool to the machine.
+        "tf-deepcopy": tf.config.threading.get_intra_op_parallelism_threads() or threads,
+        "numpy-1-thread": 1,
+    }
     methods = {}
     for method in COPY_METHODS:
         ms = medians.pop(f"copy/{method}")
         methods[method] = {
-            "threads": 1 if method == "numpy-1-thread" else threads,
+            "threads": copy_threads[method],
             "all_cores": method in ALL_CORE_COPIES,
             "times_ms": raw[f"copy/{method}"],
             "median_ms": ms,
@@ -557,7 +563,7 @@ def summarize_case(
         "dtype": case.dtype,
         "labels": case.labels,
         "classes": case.classes,
-        "rows": case.rows,
+        "n": case.rows,
         "total_elements": case.rows * case.classes,
         "reference": reference_name(case),
         "rounds": len(raw["copy/numpy-threads"]),
@@ -743,7 +749,7 @@ def format_report(report: dict[str, Any]) -> str:
     for case in cases:
         for index, row in enumerate(case["results"]):
             head = (
-                [case["case"], str(case["rows"]), str(case["rounds"]),
+                [case["case"], str(case["n"]), str(case["rounds"]),
                  f"{case['floor']['bandwidth_gb_s']:.1f}"]
                 if index == 0 else ["", "", "", ""]
             )

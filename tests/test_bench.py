@@ -99,7 +99,7 @@ def test_report_schema(report: dict[str, Any]) -> None:
                             else ["keras", "keras-xla"])
         for row in case["results"]:
             assert row["implementation"], row
-        assert case["rows"] * case["classes"] == case["total_elements"]
+        assert case["n"] * case["classes"] == case["total_elements"]
 
 
 def test_floor_is_positive_and_uses_every_core(report: dict[str, Any]) -> None:
@@ -111,6 +111,7 @@ def test_floor_is_positive_and_uses_every_core(report: dict[str, Any]) -> None:
         methods = floor["methods"]
         assert set(methods) == set(cpu_bench.COPY_METHODS)
         assert methods["numpy-threads"]["threads"] == cores
+        assert methods["tf-deepcopy"]["threads"] == cores  # TF's default intra-op pool
         assert methods["numpy-1-thread"]["threads"] == 1
         assert not methods["numpy-1-thread"]["all_cores"]
         for method in methods.values():
@@ -123,7 +124,7 @@ def test_floor_is_positive_and_uses_every_core(report: dict[str, Any]) -> None:
         assert floor["one_thread_faster"] == (
             methods["numpy-1-thread"]["bandwidth_gb_s"] > floor["bandwidth_gb_s"]
         )
-        n, c = case["rows"], case["classes"]
+        n, c = case["n"], case["classes"]
         labels = n * 4 if case["labels"] == "sparse" else n * c * 4
         assert case["bytes"] == {"logits": n * c * 4, "labels": labels,
                                  "gradient": n * c * 4, "loss": n * 4}
