@@ -1,5 +1,7 @@
-// Picks the instruction-set build of the CPU kernels once, at load time.
+// Picks the instruction-set build of the CPU kernels once, at first use.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cc/core/cpu.h"
@@ -31,8 +33,17 @@ Isa pick_isa() {
   return Isa::kBaseline;
 }
 
+// COSTXENT_CPU_ISA=baseline|avx2 caps the choice (to test each build on one machine).
+Isa capped(Isa best) {
+  const char* cap = std::getenv("COSTXENT_CPU_ISA");
+  if (cap == nullptr) return best;
+  if (std::strcmp(cap, "baseline") == 0) return Isa::kBaseline;
+  if (std::strcmp(cap, "avx2") == 0 && best == Isa::kAvx512) return Isa::kAvx2;
+  return best;
+}
+
 Isa isa() {
-  static const Isa chosen = pick_isa();
+  static const Isa chosen = capped(pick_isa());
   return chosen;
 }
 

@@ -53,8 +53,9 @@ struct Mode {
   static constexpr bool kFocal = kFocal_;
 };
 
-// Running sums of a walker's chunks. RowWalk's flush every kSumBlock chunks and add up
-// their lanes in double; TileWalk's lanes are rows, each summing at most kSmallClasses terms.
+// Running sums of a walker's chunks. A RowWalk lane sums at most kSumBlock terms in float:
+// longer rows flush their lanes into double every kSumBlock chunks. TileWalk's lanes are
+// rows, each summing at most kSmallClasses terms.
 template <typename P, int N>
 struct RowSums {
   typename P::F lane[N];
@@ -79,7 +80,6 @@ struct TileSums {
   CX_INLINE TileSums() {
     for (int i = 0; i < N; ++i) lane[i] = 0;
   }
-  CX_INLINE void flush() {}
 };
 
 template <bool kFull_>
@@ -116,6 +116,10 @@ struct RowWalk {
   }
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
+    if (!long_row()) {
+      each([&](const auto& ch) { fn(ch, s); });
+      return;
+    }
     int64_t j = 0;
     while (j + W <= c) {
       const int64_t stop = j + kSumBlock * W;
@@ -127,6 +131,7 @@ struct RowWalk {
       s.flush();
     }
   }
+  CX_INLINE bool long_row() const { return c > kSumBlock * W; }
   template <int N>
   CX_INLINE RowSums<P, N> sums() const {
     return {};
@@ -141,6 +146,7 @@ struct RowWalk {
   }
   template <int N>
   CX_INLINE F total(const RowSums<P, N>& s, int i) const {
+    if (!long_row()) return P::reduce_add(s.lane[i]);
     return F(static_cast<A>(P::sum_wide(s.wide[i])));
   }
   CX_INLINE F max_of(F lanes) const { return P::reduce_max(lanes); }
@@ -254,35 +260,82 @@ struct TileWalk {
   using I = typename P::I;
   static constexpr int W = P::kLanes;
 
+  // Up to kShuffleClasses classes a tile is transposed by two-source shuffles of its
+  // vectors; beyond, through memory by gathers. A shuffled vector takes lane l from pair q
+  // of source vectors where take[q] is set (pair 0 everywhere else).
+  static constexpr int64_t kShuffleClasses = 4;
+  static constexpr int kPairs = (kShuffleClasses + 1) / 2;
+  struct Shuffle {
+    I index[kPairs];
+    Mask take[kPairs];
+  };
+
   int64_t c;
+  bool shuffled;
   A flat[kSmallClasses * W];  // a tile in row-major order, converted to A
   A zt[kSmallClasses][W];
   A tt[kSmallClasses][W];
   A keep_rows[2][kSmallClasses][W];
   A out_t[kSmallClasses][W];
   I to_flat[kSmallClasses];  // flat chunk v's lanes, as indices into [class][row]
+  Shuffle to_classes[kShuffleClasses];
+  Shuffle to_rows[kShuffleClasses];
 
-  CX_INLINE explicit TileWalk(int64_t classes) : c(classes) {
+  CX_INLINE explicit TileWalk(int64_t classes) : c(classes), shuffled(classes <= kShuffleClasses) {
     for (int64_t v = 0; v < c; ++v) {
       int32_t index[W];
       for (int l = 0; l < W; ++l) {
         const int64_t f = v * W + l;
         index[l] = static_cast<int32_t>((f % c) * W + f / c);
       }
-      to_flat[v] = load_index(index);
+      to_flat[v] = load_int(index);
+    }
+    if (!shuffled) return;
+    // Class j's lane r is flat element r c + j; flat chunk v's lane l is class (vW + l) % c
+    // of row (vW + l) / c.
+    for (int64_t o = 0; o < c; ++o) {
+      plan(&to_classes[o], [&](int l) { return o + l * c; });
+      plan(&to_rows[o], [&](int l) { return ((o * W + l) % c) * W + (o * W + l) / c; });
     }
   }
-  static CX_INLINE I load_index(const int32_t* index) {
-    if constexpr (W == 1) {
-      return index[0];
-    } else {
-      return load_int(index);
+  // source(l): the flat index (vector * W + lane) that lane l takes.
+  template <typename Source>
+  static CX_INLINE void plan(Shuffle* sh, Source source) {
+    for (int q = 0; q < kPairs; ++q) {
+      int32_t index[W];
+      int32_t take[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t f = source(l);
+        take[l] = f / W / 2 == q ? -1 : 0;
+        index[l] = static_cast<int32_t>(f % (2 * W));
+      }
+      sh->index[q] = load_int(index);
+      sh->take[q] = Mask{load_int(take).v};
     }
+  }
+  CX_INLINE F shuffle(const F* vectors, const Shuffle& sh) const {
+    F r = Float(__builtin_shuffle(vectors[0].v, vectors[1].v, sh.index[0].v));
+    for (int q = 1; q < kPairs && 2 * q < c; ++q) {
+      const F& b = vectors[2 * q + 1 < c ? 2 * q + 1 : 2 * q];
+      r = select(sh.take[q], Float(__builtin_shuffle(vectors[2 * q].v, b.v, sh.index[q].v)), r);
+    }
+    return r;
   }
 
   // Rows [0, rows) of src into [class][row] (A) form.
   CX_INLINE void transpose_in(const T* src, int64_t rows, A (*dst)[W]) {
     const int64_t count = rows * c;
+    if (shuffled) {
+      F v[kShuffleClasses];
+      for (int64_t k = 0; k < c; ++k) {
+        const int64_t at = k * W;
+        v[k] = at + W <= count ? P::load(src + at)
+               : at < count    ? P::load_first(src + at, count - at, T{})
+                               : F(0);
+      }
+      for (int64_t j = 0; j < c; ++j) P::store(dst[j], shuffle(v, to_classes[j]));
+      return;
+    }
     int64_t k = 0;
     for (; k + W <= count; k += W) P::store(flat + k, P::load(src + k));
     if (k < count) {
@@ -301,8 +354,12 @@ struct TileWalk {
   // The gradient written by write(), back to rows [0, rows) of dst.
   CX_INLINE void store(T* dst, int64_t rows) const {
     const int64_t count = rows * c;
+    F classes[kShuffleClasses];
+    if (shuffled) {
+      for (int64_t j = 0; j < c; ++j) classes[j] = P::load(out_t[j]);
+    }
     for (int64_t v = 0; v * W < count; ++v) {
-      const F g = P::gather(&out_t[0][0], to_flat[v]);
+      const F g = shuffled ? shuffle(classes, to_rows[v]) : P::gather(&out_t[0][0], to_flat[v]);
       if (v * W + W <= count) {
         P::store(dst + v * W, g);
       } else {
@@ -351,7 +408,13 @@ struct TileWalk {
   CX_INLINE F lookup(const A* table, I row, I col) const {
     return P::gather(table, row * I(static_cast<int32_t>(c)) + col);
   }
-  CX_INLINE F row_value(I y) const { return P::gather(&zt[0][0], y * I(W) + P::iota()); }
+  // z_y per row: a select per class for few classes, a gather otherwise.
+  CX_INLINE F row_value(I y) const {
+    if (c > 8) return P::gather(&zt[0][0], y * I(W) + P::iota());
+    F r = 0;
+    for (int64_t j = 0; j < c; ++j) r = select(y == I(static_cast<int32_t>(j)), P::load(zt[j]), r);
+    return r;
+  }
   CX_INLINE void prepare_dense_costs(const A*) const {}
   CX_INLINE F dense_cost(const A* m, const TileChunk& ch) const {
     F cost = 0;
@@ -439,8 +502,9 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
 
   const F rest = walk.total(sums, kRest);
   const F count = walk.total(sums, kCount);
-  const F lse = log_sum_exp_with<Math>(rest, count);
-  const F inv_sum = F(1) / (count + rest);
+  const LogSumExp<F> lse_sum = log_sum_exp_with<Math>(rest, count);
+  const F lse = lse_sum.lse;
+  const F inv_sum = lse_sum.inv_sum;
   const F t_sum = kSparse ? F(1) : walk.total(sums, kTSum);
   const F t_dot_half =
       kSparse ? half_shift(walk.row_value(y), half_max) : walk.total(sums, kTDot);
@@ -618,6 +682,41 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
   return -1;
 }
 
+// A tile's sparse labels, rows [row0, row0 + rows) in lanes [0, rows): y (0 where ignored or
+// past rows) and the ignored lanes. Returns the first invalid row, or -1.
+template <typename T, typename A>
+CX_INLINE int64_t tile_labels(const SoftmaxProblem<T, A>& p, int64_t row0, int64_t rows, Int* y,
+                              Mask* ignored) {
+  // int32 lanes: int64 labels saturate (an out-of-range one stays invalid), ignore_class is
+  // compared at full width.
+  vi v = {};
+  vi skip = {};
+  if (p.labels32 != nullptr) {
+    if (rows == kLanes) {
+      memcpy(&v, p.labels32 + row0, sizeof v);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) v[r] = p.labels32[row0 + r];
+    }
+    if (p.has_ignore_class && p.ignore_class == static_cast<int32_t>(p.ignore_class))
+      skip = v == static_cast<int32_t>(p.ignore_class);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t label = p.labels64[row0 + r];
+      v[r] = static_cast<int32_t>(label < INT32_MIN ? INT32_MIN : label > INT32_MAX ? INT32_MAX : label);
+      skip[r] = -static_cast<int32_t>(p.has_ignore_class && label == p.ignore_class);
+    }
+  }
+  const vi bad = ((v < 0) | (v >= static_cast<int32_t>(p.c))) & ~skip;
+  if (any(Mask{bad})) {
+    for (int r = 0;; ++r) {
+      if (bad[r] != 0) return row0 + r;
+    }
+  }
+  *y = Int(skip ? vi{} : v);
+  *ignored = Mask{skip};
+  return -1;
+}
+
 template <typename Mode, typename T, typename A>
 int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   using P = Packs<A>;
@@ -632,30 +731,20 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   const bool backprop = p.backprop != nullptr;
   for (int64_t row0 = begin; row0 < end; row0 += W) {
     const int64_t rows = end - row0 < W ? end - row0 : W;
-    int32_t labels[W] = {};
-    A ignored[W] = {};
-    bool any_ignored = false;
+    I y = 0;
+    Mask ignored = {vi{}};
     if constexpr (Mode::kSparse) {
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t y = label_at(p, row0 + r);
-        if (p.has_ignore_class && y == p.ignore_class) {
-          ignored[r] = 1;
-          any_ignored = true;
-        } else if (y < 0 || y >= c) {
-          return row0 + r;
-        } else {
-          labels[r] = static_cast<int32_t>(y);
-        }
-      }
+      const int64_t bad = tile_labels(p, row0, rows, &y, &ignored);
+      if (bad >= 0) return bad;
     }
     walk.load(p.logits + row0 * c, Mode::kSparse ? nullptr : p.dense + row0 * c, rows);
     F rs = 1;
     if (p.row_scale != nullptr) {
       rs = rows == W ? P::load(p.row_scale + row0) : P::load_first(p.row_scale + row0, rows, A(0));
     }
-    I y = TileWalk<T, A>::load_index(labels);
     F loss = softmax_row<Mode>(walk, o, rs * F(p.scale), y, backprop);
-    if (any_ignored) loss = select(P::load(ignored) == F(1), F(0), loss);
+    const bool any_ignored = any(ignored);
+    if (any_ignored) loss = select(ignored, F(0), loss);
     if (p.loss != nullptr) {
       if (rows == W) {
         P::store(p.loss + row0, loss);
@@ -668,7 +757,7 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
     walk.store(p.backprop + row0 * c, rows);
     if (!any_ignored) continue;
     for (int64_t r = 0; r < rows; ++r) {
-      if (ignored[r] == A(0)) continue;
+      if (ignored.v[r] == 0) continue;
       T* out = p.backprop + (row0 + r) * c;
       for (int64_t j = 0; j < c; ++j) out[j] = T{};
     }

@@ -86,10 +86,15 @@ CX_INLINE vu bits(Float x) { return __builtin_bit_cast(vu, x.v); }
 CX_INLINE Float from_bits(vu u) { return Float(__builtin_bit_cast(vf, u)); }
 CX_INLINE Float to_float(Int i) { return Float(__builtin_convertvector(i.v, vf)); }
 CX_INLINE bool any(Mask m) {
-  vi r = m.v;
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(m.v), reinterpret_cast<__m512i>(m.v)) != 0;
+#elif defined(__AVX2__)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i>(m.v), reinterpret_cast<__m256i>(m.v));
+#else
   int32_t a = 0;
-  for (int i = 0; i < kLanes; ++i) a |= r[i];
+  for (int i = 0; i < kLanes; ++i) a |= m.v[i];
   return a != 0;
+#endif
 }
 
 CX_INLINE Int iota() {
@@ -126,14 +131,18 @@ CX_INLINE Float load(const f16* p) {
 #endif
 }
 
-CX_INLINE void store(float* p, Float x) { memcpy(p, &x.v, sizeof x.v); }
-CX_INLINE void store(bf16* p, Float x) {
-  // As from_acc<bf16>: round to nearest even, NaN stays (quiet) NaN.
+// bf16 bits of x, as from_acc<bf16>: rounded to nearest even, NaN stays (quiet) NaN.
+CX_INLINE vh bf16_bits(Float x) {
   const vu u = bits(x);
   const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const vu quiet = (u >> 16) | 0x40u;
   const vi nan = __builtin_bit_cast(vi, u & 0x7fffffffu) > 0x7f800000;
-  const vh h = __builtin_convertvector(nan ? quiet : rounded, vh);
+  return __builtin_convertvector(nan ? quiet : rounded, vh);
+}
+
+CX_INLINE void store(float* p, Float x) { memcpy(p, &x.v, sizeof x.v); }
+CX_INLINE void store(bf16* p, Float x) {
+  const vh h = bf16_bits(x);
   memcpy(p, &h, sizeof h);
 }
 CX_INLINE void store(f16* p, Float x) {
@@ -148,7 +157,38 @@ CX_INLINE void store(f16* p, Float x) {
 #endif
 }
 
-// The first `count` (< kLanes) elements; the other lanes hold `pad`.
+// The first `count` (< kLanes) elements; the other lanes hold `pad`. AVX-512 masks the
+// memory access; elsewhere a copy through a lane-sized buffer.
+#if defined(__AVX512F__)
+CX_INLINE __mmask16 first_mask(int64_t count) {
+  return static_cast<__mmask16>((1u << count) - 1u);
+}
+CX_INLINE Float load_first(const float* p, int64_t count, float pad) {
+  return Float(_mm512_mask_loadu_ps(_mm512_set1_ps(pad), first_mask(count), p));
+}
+CX_INLINE __m256i load_first_bits(const uint16_t* p, int64_t count, uint16_t pad) {
+  return _mm256_mask_loadu_epi16(_mm256_set1_epi16(static_cast<int16_t>(pad)),
+                                 first_mask(count), p);
+}
+CX_INLINE Float load_first(const bf16* p, int64_t count, bf16 pad) {
+  const __m256i h = load_first_bits(reinterpret_cast<const uint16_t*>(p), count, pad.bits);
+  return from_bits(__builtin_bit_cast(vu, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+}
+CX_INLINE Float load_first(const f16* p, int64_t count, f16 pad) {
+  return Float(
+      _mm512_cvtph_ps(load_first_bits(reinterpret_cast<const uint16_t*>(p), count, pad.bits)));
+}
+CX_INLINE void store_first(float* p, Float x, int64_t count) {
+  _mm512_mask_storeu_ps(p, first_mask(count), x.v);
+}
+CX_INLINE void store_first(bf16* p, Float x, int64_t count) {
+  _mm256_mask_storeu_epi16(p, first_mask(count), __builtin_bit_cast(__m256i, bf16_bits(x)));
+}
+CX_INLINE void store_first(f16* p, Float x, int64_t count) {
+  _mm256_mask_storeu_epi16(p, first_mask(count),
+                           _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#else
 template <typename T>
 CX_INLINE Float load_first(const T* p, int64_t count, T pad) {
   T buf[kLanes];
@@ -161,6 +201,7 @@ CX_INLINE void store_first(T* p, Float x, int64_t count) {
   store(buf, x);
   for (int64_t i = 0; i < count; ++i) p[i] = buf[i];
 }
+#endif
 
 CX_INLINE Int load_int(const int32_t* p) {
   vi v;
@@ -282,11 +323,15 @@ CX_INLINE Float log_positive(Float x) {
   return log_scaled(from_bits((b & 0x7fffffu) | 0x3f800000u), exponent);
 }
 
-// log1p(x) for finite x >= 0 to float precision: log(u) corrected by the rounding of
-// u = 1 + x to first order, log1p(x) = log(u) - ((u - 1) - x) / u.
-CX_INLINE Float log1p_nonnegative(Float x) {
-  const Float u = x + 1.0f;
-  return log_positive(u) - ((u - 1.0f) - x) / u;
+// 1 / x for x >= 1 (finite) to float precision: AVX-512's 14-bit estimate and one Newton
+// step; a division elsewhere.
+CX_INLINE Float reciprocal(Float x) {
+#if defined(__AVX512F__)
+  const Float r(_mm512_rcp14_ps(x.v));
+  return r * (Float(2.0f) - x * r);
+#else
+  return Float(1.0f) / x;
+#endif
 }
 
 // expm1(x) for x <= 0 (-inf included): exp(x) - 1 loses nothing below -0.35 (the result is
@@ -310,8 +355,10 @@ CX_INLINE Float expm1_nonpositive(Float x) {
 struct PackMath {
   static CX_INLINE Float exp(Float x) { return exp_nonpositive(x); }
   static CX_INLINE Float log(Float x) { return log_positive(x); }
-  static CX_INLINE Float log1p(Float x) { return log1p_nonnegative(x); }
   static CX_INLINE Float expm1(Float x) { return expm1_nonpositive(x); }
+  static CX_INLINE Float reciprocal(Float x) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::reciprocal(x);
+  }
   static CX_INLINE Float select(Mask c, Float a, Float b) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
   }
@@ -353,8 +400,8 @@ CX_INLINE Dbl max(Dbl a, Dbl b) { return a.v > b.v ? a : b; }
 struct DblMath {
   static CX_INLINE Dbl exp(Dbl x) { return std::exp(x.v); }
   static CX_INLINE Dbl log(Dbl x) { return std::log(x.v); }
-  static CX_INLINE Dbl log1p(Dbl x) { return std::log1p(x.v); }
   static CX_INLINE Dbl expm1(Dbl x) { return std::expm1(x.v); }
+  static CX_INLINE Dbl reciprocal(Dbl x) { return 1.0 / x.v; }
   static CX_INLINE Dbl select(bool c, Dbl a, Dbl b) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
   }

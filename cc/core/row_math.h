@@ -29,7 +29,7 @@ using std::log1p;
 // Elementary functions for the formulas below: the C++ library here (and CUDA's device
 // functions); the CPU kernels pass a policy of vectorizable polynomials instead. exp is only
 // called on arguments <= 0 (-inf included), expm1 on arguments <= 0 (-inf included), log on
-// (0, inf) and log1p on [0, inf).
+// (0, inf) and reciprocal on [1, inf) (an approximation good to the type's precision will do).
 struct StdMath {
   template <typename A>
   static COSTXENT_HD A exp(A x) {
@@ -40,12 +40,12 @@ struct StdMath {
     return std::log(x);
   }
   template <typename A>
-  static COSTXENT_HD A log1p(A x) {
-    return std::log1p(x);
-  }
-  template <typename A>
   static COSTXENT_HD A expm1(A x) {
     return std::expm1(x);
+  }
+  template <typename A>
+  static COSTXENT_HD A reciprocal(A x) {
+    return A(1) / x;
   }
   template <typename A>
   static COSTXENT_HD A select(bool c, A a, A b) {
@@ -78,13 +78,28 @@ COSTXENT_HD A half_shift(A z, A half_max) {
   return A(0.5) * z - half_max;
 }
 
-// lse = log sum_j e_j from the sum split as count + rest: `count` classes reach the max
-// (e = 1 exactly, count >= 1) and `rest` sums the others. log1p((count - 1) + rest) keeps a
-// confident row's loss (lse ~ rest, far below float's epsilon) relatively accurate, where
-// log(1 + rest) would round it to 0.
+// log1p(x) for x >= 0 from u = 1 + x as rounded and 1 / u: log u corrected, to first order,
+// for the rounding of u (u == 1 gives x exactly).
 template <typename Math, typename A>
-COSTXENT_HD A log_sum_exp_with(A rest, A count) {
-  return Math::log1p((count - A(1)) + rest);
+COSTXENT_HD A log1p_from(A x, A u, A inv_u) {
+  return Math::log(u) - ((u - A(1)) - x) * inv_u;
+}
+
+// lse = log sum_j e_j and 1 / sum from the sum split as count + rest: `count` classes reach
+// the max (e = 1 exactly, count >= 1) and `rest` sums the others. lse = log1p((count - 1) +
+// rest) keeps a confident row's loss (lse ~ rest, far below float's epsilon) relatively
+// accurate, where log(count + rest) would round it to 0.
+template <typename A>
+struct LogSumExp {
+  A lse;
+  A inv_sum;
+};
+
+template <typename Math, typename A>
+COSTXENT_HD LogSumExp<A> log_sum_exp_with(A rest, A count) {
+  const A sum = count + rest;
+  const A inv_sum = Math::reciprocal(sum);
+  return {log1p_from<Math>((count - A(1)) + rest, sum, inv_sum), inv_sum};
 }
 
 // Cross-entropy of a row against smoothed targets: sum_j ts_j (-log p_j)
@@ -166,8 +181,9 @@ struct SigmoidTerms {
 template <bool kFocal, typename Math, typename A>
 COSTXENT_HD SigmoidTerms<A> sigmoid_terms_with(A z, A y, A a, A b, A gamma) {
   const A e = Math::exp(-fabs(z));
-  const A l = Math::log1p(e);
-  const A inv = A(1) / (A(1) + e);
+  const A u = A(1) + e;
+  const A inv = Math::reciprocal(u);
+  const A l = log1p_from<Math>(e, u, inv);  // log1p(e)
   const auto positive = z >= A(0);
   const A s = Math::select(positive, inv, e * inv);            // sigmoid(z)
   const A one_minus_s = Math::select(positive, e * inv, inv);  // sigmoid(-z)
