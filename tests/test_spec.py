@@ -254,9 +254,18 @@ def test_core_raises(rule: Rule) -> None:
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 @pytest.mark.parametrize("rule", [r for r in RULES if r.why != RUN_TIME], ids=lambda r: r.id)
 def test_reduced_calls_validate_alike(rule: Rule, reduction: str) -> None:
+    if reduction != "none" and "element_scale" in rule.core:
+        pytest.skip("element_scale is refused with any reduction (tested below)")
     with pytest.raises(rule.error, match=f"^{re.escape(rule.message)}$"):
         args = {**BASES[rule.function], **rule.core, "reduction": reduction}
         getattr(_core, f"{rule.function}_loss")(**args)
+
+
+def test_element_scale_with_a_reduction_is_refused() -> None:
+    args = {**BASES["sigmoid"], "reduction": "sum"}
+    args["element_scale"] = np.ones_like(args["logits"], dtype=np.float32)
+    with pytest.raises(ValueError, match="element_scale .* cannot be combined with a reduction"):
+        _core.sigmoid_loss(**args)
 
 
 def test_every_rule_without_python_counterpart_says_why() -> None:

@@ -328,6 +328,10 @@ Status validate_sigmoid(SigmoidSpec* spec) {
                          shape_str(w.shape));
   }
   if (!(s = require_known("element_scale", spec->element_scale)).ok()) return s;
+  // A reduction's loss would ignore it while its gradient applied it.
+  if (spec->element_scale.present && spec->reduction != Reduction::kNone)
+    return value_error("element_scale (the upstream gradient of a per-element call) cannot be "
+                       "combined with a reduction; pass sample weights as row_scale");
   s = check_scale("element_scale (the upstream gradient)", spec->element_scale, shape,
                   "the logits' shape", dtype);
   if (!s.ok()) return s;

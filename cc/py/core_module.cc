@@ -23,6 +23,7 @@
 #include "cc/core/cpu.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
+#include "cc/core/reduction.h"
 #include "cc/core/scale.h"
 #include "cc/core/spec.h"
 
@@ -529,7 +530,7 @@ class DeviceDoubles {
 class BlockSums {
  public:
   BlockSums(const Array& logits, int64_t n, int64_t stream)
-      : host_((n + kReduceBlockRows - 1) / kReduceBlockRows, 0.0) {
+      : host_(block_count(n), 0.0) {
     if (logits.place() != Place::kCuda) return;
 #if COSTXENT_WITH_CUDA
     device_ = std::make_unique<DeviceDoubles>(logits.device_id(), size(), stream);
@@ -619,24 +620,17 @@ int64_t run_loss(const Array& logits, const char* what, const Problem& p, int64_
   return run_cpu(total, cycles_per_unit, grain, cpu_fn);
 }
 
-// The divisor of a Keras reduction (keras/src/losses/loss.py: apply_mask, then
-// reduce_weighted_values) over n rows, of which rows labelled ignore_class are masked out:
-// 1 for 'sum'; the number of kept rows for 'sum_over_batch_size'; the sum of the kept rows'
-// sample weights for 'mean_with_sample_weight' (their number without sample weights).
-// Labels and weights are read where they live: a CUDA call waits for the sum.
+// The divisor of a reduction (cc/core/reduction.h), read where the labels and weights live:
+// on the CPU block by block in order (the TF op's bits), on CUDA on the device, which this
+// call then waits for.
 template <typename A>
-double keras_divisor(const Array& logits, Reduction reduction, int64_t n, const A* sample_weight,
-                     const int32_t* labels32, const int64_t* labels64, bool has_ignore_class,
-                     int64_t ignore_class, int64_t stream) {
-  if (reduction == Reduction::kSum) return 1;
-  const bool weighted = reduction == Reduction::kMeanWithSampleWeight && sample_weight != nullptr;
-  if (!weighted && !has_ignore_class) return static_cast<double>(n);
-  if (!weighted) sample_weight = nullptr;
+double keras_divisor(const Array& logits, const DivisorInput<A>& d, int64_t stream) {
+  if (!d.needs_data()) return d.without_data();
   if (logits.place() == Place::kCuda) {
 #if COSTXENT_WITH_CUDA
     const DeviceDoubles sum(logits.device_id(), 1, stream);
-    DeviceScope::check(cuda::kept_weight_sum(n, sample_weight, labels32, labels64,
-                                             has_ignore_class, ignore_class, sum.data(),
+    DeviceScope::check(cuda::kept_weight_sum(d.n, d.weights_read(), d.labels32, d.labels64,
+                                             d.has_ignore_class, d.ignore_class, sum.data(),
                                              reinterpret_cast<cudaStream_t>(stream)),
                        "the divisor of a reduction");
     double divisor = 0;
@@ -648,19 +642,10 @@ double keras_divisor(const Array& logits, Reduction reduction, int64_t n, const 
 #endif
   }
   double divisor = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (has_ignore_class) {
-      const int64_t y = labels32 != nullptr ? labels32[i] : labels64[i];
-      if (y == ignore_class) continue;
-    }
-    divisor += sample_weight != nullptr ? static_cast<double>(sample_weight[i]) : 1.0;
-  }
+  for (int64_t b = 0; b < d.n; b += kReduceBlockRows)
+    divisor += divisor_part(d, b, std::min(b + kReduceBlockRows, d.n));
   return divisor;
 }
-
-// scale / divisor, or 0 for a zero divisor (every row ignored or weighted 0), as Keras'
-// divide_no_nan.
-double reduced_scale(double scale, double divisor) { return divisor == 0 ? 0.0 : scale / divisor; }
 
 // ---------------------------------------------------------------------------------------
 // softmax_loss
@@ -728,11 +713,19 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
     p.has_ignore_class = spec.has_ignore_class;
     p.ignore_class = spec.ignore_class;
     if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
-    p.scale = static_cast<A>(
-        reduced ? reduced_scale(scale, keras_divisor(logits, spec.reduction, p.n, p.row_scale,
-                                                     p.labels32, p.labels64,
-                                                     p.has_ignore_class, p.ignore_class, stream))
-                : scale);
+    if (reduced) {
+      DivisorInput<A> d;
+      d.reduction = spec.reduction;
+      d.n = p.n;
+      d.sample_weight = p.row_scale;
+      d.labels32 = p.labels32;
+      d.labels64 = p.labels64;
+      d.has_ignore_class = p.has_ignore_class;
+      d.ignore_class = p.ignore_class;
+      p.scale = static_cast<A>(reduced_scale(scale, keras_divisor(logits, d, stream), 1.0));
+    } else {
+      p.scale = static_cast<A>(scale);
+    }
 
     const std::vector<int64_t>& shape = spec.logits.shape;
     LossOutputs out = loss_outputs<T, A>(
@@ -848,11 +841,16 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
     if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
     // A reduced call follows keras.losses.BinaryCrossentropy: the per-example loss is the
     // mean over the last axis, so the divisor carries a factor C.
-    p.scale = static_cast<A>(
-        reduced ? reduced_scale(scale, keras_divisor<A>(logits, spec.reduction, p.n, p.row_scale,
-                                                        nullptr, nullptr, false, 0, stream) *
-                                           static_cast<double>(p.c))
-                : scale);
+    if (reduced) {
+      DivisorInput<A> d;
+      d.reduction = spec.reduction;
+      d.n = p.n;
+      d.sample_weight = p.row_scale;
+      p.scale = static_cast<A>(
+          reduced_scale(scale, keras_divisor(logits, d, stream), static_cast<double>(p.c)));
+    } else {
+      p.scale = static_cast<A>(scale);
+    }
 
     LossOutputs out =
         loss_outputs<T, A>(p, reduced, spec.logits.shape, spec.logits.shape, loss_obj,

@@ -1,4 +1,5 @@
 // CPU launch: rows sharded over TensorFlow's intra-op thread pool.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -106,21 +107,15 @@ struct Launch<CPUDevice> {
 
   template <typename A>
   static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d) {
-    if (d.reduction == Reduction::kSum) return 1;
-    if (!d.needs_data()) return static_cast<double>(d.n);
-    // Block partial sums added in block order: the same bits for any thread count.
-    std::vector<double> partial(static_cast<size_t>(block_count(d.n)), 0.0);
-    const bool weighted = d.sample_weight != nullptr;
-    shard_blocks(ctx, d.n, weighted ? 4.0 : 2.0, [&](int64_t begin, int64_t end) {
-      double sum = 0;
-      for (int64_t row = begin; row < end; ++row) {
-        if (d.kept(row)) sum += weighted ? static_cast<double>(d.sample_weight[row]) : 1.0;
-      }
-      partial[static_cast<size_t>(begin / kReduceBlockRows)] = sum;
+    std::vector<double> parts(static_cast<size_t>(block_count(d.n)), 0.0);
+    shard_blocks(ctx, d.n, 4.0, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; b += kReduceBlockRows)
+        parts[static_cast<size_t>(b / kReduceBlockRows)] =
+            divisor_part(d, b, std::min(b + kReduceBlockRows, end));
       return int64_t{-1};
     });
     double total = 0;
-    for (double v : partial) total += v;
+    for (double v : parts) total += v;
     return total;
   }
 

@@ -48,8 +48,6 @@ struct Launch<GPUDevice> {
   // (ignored rows, sample weights) costs one stream synchronisation here.
   template <typename A>
   static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d) {
-    if (d.reduction == Reduction::kSum) return 1;
-    if (!d.needs_data()) return static_cast<double>(d.n);
     Tensor sum;
     const ::tensorflow::Status allocated =
         ctx->allocate_temp(::tensorflow::DT_DOUBLE, TensorShape({}), &sum);
@@ -59,7 +57,7 @@ struct Launch<GPUDevice> {
     }
     cudaStream_t stream = stream_of(ctx);
     check_launch(ctx,
-                 cuda::kept_weight_sum(d.n, d.sample_weight, d.labels32, d.labels64,
+                 cuda::kept_weight_sum(d.n, d.weights_read(), d.labels32, d.labels64,
                                        d.has_ignore_class, d.ignore_class,
                                        sum.flat<double>().data(), stream),
                  "reduction divisor");

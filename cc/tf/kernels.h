@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cc/core/problem.h"
+#include "cc/core/reduction.h"
 #include "cc/core/spec.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -97,32 +98,6 @@ inline Reduction parse_reduction(const std::string& name) {
   return Reduction::kSumOverBatchSize;
 }
 
-// What the divisor of a Keras reduction over n rows depends on. It is n for 'sum_over_batch_size'
-// without ignored rows, the number of rows whose label is not ignore_class, or for
-// 'mean_with_sample_weight' the sum of sample weights over those rows (that number when no
-// weights are given); 1 for 'sum'.
-template <typename A>
-struct DivisorInput {
-  Reduction reduction = Reduction::kSum;
-  int64_t n = 0;
-  const A* sample_weight = nullptr;
-  const int32_t* labels32 = nullptr;
-  const int64_t* labels64 = nullptr;
-  bool has_ignore_class = false;
-  int64_t ignore_class = 0;
-
-  bool needs_data() const {
-    if (reduction == Reduction::kSum) return false;
-    if (reduction == Reduction::kMeanWithSampleWeight && sample_weight != nullptr) return true;
-    return has_ignore_class;
-  }
-  bool kept(int64_t row) const {
-    if (!has_ignore_class) return true;
-    const int64_t y = labels32 != nullptr ? labels32[row] : labels64[row];
-    return y != ignore_class;
-  }
-};
-
 // Implemented per device.
 template <typename Device>
 struct Launch {
@@ -133,6 +108,7 @@ struct Launch {
   // Returns -1 or the first element with a label outside [0, 1] (CPU).
   template <typename T, typename A>
   static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p);
+  // The divisor of a reduction whose divisor needs_data().
   template <typename A>
   static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d);
   // *loss = sum of block sums in order, in the output's memory.
@@ -146,12 +122,10 @@ struct Launch {
   static constexpr bool kHostMemory = false;
 };
 
-inline int64_t block_count(int64_t n) { return (n + kReduceBlockRows - 1) / kReduceBlockRows; }
 
-// The reduced variants' common part: output 0 is the scalar scale * sum_i s_i loss_i / D with
-// D = divisor(d) * per_row_count (the sigmoid loss averages a row's per_row_count values); a
-// zero D gives 0, as Keras' divide_no_nan. The row pass (`run`, false on error) scales the
-// gradient and fills one double per block of kReduceBlockRows rows, added here in order.
+// The reduced variants' common part (the rule is cc/core/reduction.h's): output 0 is the
+// scalar loss; the row pass (`run`, false on error) scales the gradient and fills one double
+// per block of kReduceBlockRows rows, added here in order.
 template <typename Device, typename A, typename Problem, typename Run>
 void run_reduced(OpKernelContext* ctx, const DivisorInput<A>& d, double per_row_count,
                  Problem* p, Run run) {
@@ -159,9 +133,9 @@ void run_reduced(OpKernelContext* ctx, const DivisorInput<A>& d, double per_row_
   OP_REQUIRES_OK(ctx, read_scalar(ctx, 7, "scale", &scale));
   Tensor* loss = nullptr;
   OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
-  const double divisor = Launch<Device>::divisor(ctx, d) * per_row_count;
+  const double divisor = d.needs_data() ? Launch<Device>::divisor(ctx, d) : d.without_data();
   if (!ctx->status().ok()) return;
-  p->scale = static_cast<A>(divisor == 0 ? 0.0 : scale / divisor);
+  p->scale = static_cast<A>(reduced_scale(scale, divisor, per_row_count));
   const int64_t blocks = block_count(d.n);
   Tensor block_sums;
   OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
@@ -169,7 +143,7 @@ void run_reduced(OpKernelContext* ctx, const DivisorInput<A>& d, double per_row_
   p->block_sums = block_sums.flat<double>().data();
   if (!run(*p)) return;
   // NaN * 0 would survive a zero scale; Keras gives exactly 0 there.
-  Launch<Device>::sum_blocks(ctx, p->block_sums, divisor == 0 ? 0 : blocks,
+  Launch<Device>::sum_blocks(ctx, p->block_sums, p->scale == A(0) ? 0 : blocks,
                              loss->flat<A>().data());
 }
 
@@ -263,7 +237,7 @@ class SoftmaxLossOp : public OpKernel {
     DivisorInput<A> d;
     d.reduction = spec.reduction;
     d.n = p.n;
-    if (spec.reduction == Reduction::kMeanWithSampleWeight) d.sample_weight = p.row_scale;
+    d.sample_weight = p.row_scale;
     d.labels32 = p.labels32;
     d.labels64 = p.labels64;
     d.has_ignore_class = p.has_ignore_class;
@@ -374,7 +348,7 @@ class SigmoidLossOp : public OpKernel {
     DivisorInput<A> d;
     d.reduction = reduction_;
     d.n = p.n;
-    if (reduction_ == Reduction::kMeanWithSampleWeight) d.sample_weight = p.row_scale;
+    d.sample_weight = p.row_scale;
     // The per-row loss is the mean over the last axis.
     run_reduced<Device>(ctx, d, static_cast<double>(p.c), &p, [&](const SigmoidProblem<CT, A>& q) {
       return run(ctx, spec, q);

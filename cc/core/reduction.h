@@ -1,0 +1,65 @@
+// The Keras reductions a reduced call folds into the row pass (DESIGN 3), decided here once
+// for every adapter: loss = scale * sum_i s_i loss_i / D, gradient rows scaled by
+// scale * s_i / D, with s the sample weights (1 when absent) and
+//   D = 1                                   for 'sum',
+//   D = the rows whose label is not ignored  for 'sum_over_batch_size' (all n without
+//                                            ignore_class),
+//   D = sum of s over those rows             for 'mean_with_sample_weight' (their number
+//                                            without sample weights),
+// times per_row_count when a row's loss is a mean (the sigmoid loss' last axis). D = 0
+// (every row ignored or weighted 0) gives 0, as Keras' divide_no_nan.
+#pragma once
+
+#include <cstdint>
+
+#include "cc/core/problem.h"
+#include "cc/core/spec.h"
+
+namespace costxent {
+
+inline int64_t block_count(int64_t n) { return (n + kReduceBlockRows - 1) / kReduceBlockRows; }
+
+template <typename A>
+struct DivisorInput {
+  Reduction reduction = Reduction::kSum;
+  int64_t n = 0;
+  const A* sample_weight = nullptr;  // only read for 'mean_with_sample_weight'
+  const int32_t* labels32 = nullptr;
+  const int64_t* labels64 = nullptr;
+  bool has_ignore_class = false;
+  int64_t ignore_class = 0;
+
+  const A* weights_read() const {
+    return reduction == Reduction::kMeanWithSampleWeight ? sample_weight : nullptr;
+  }
+  // Whether D depends on the data (else it is 1 or n).
+  bool needs_data() const {
+    return reduction != Reduction::kSum && (weights_read() != nullptr || has_ignore_class);
+  }
+  double without_data() const { return reduction == Reduction::kSum ? 1.0 : static_cast<double>(n); }
+};
+
+// The divisor's sum over rows [begin, end) of host-resident labels and weights, in row order.
+// Callers sum whole kReduceBlockRows blocks and add the blocks in order, so D has the same
+// bits whatever the threading.
+template <typename A>
+double divisor_part(const DivisorInput<A>& d, int64_t begin, int64_t end) {
+  const A* weights = d.weights_read();
+  double sum = 0;
+  for (int64_t row = begin; row < end; ++row) {
+    if (d.has_ignore_class) {
+      const int64_t y = d.labels32 != nullptr ? d.labels32[row] : d.labels64[row];
+      if (y == d.ignore_class) continue;
+    }
+    sum += weights != nullptr ? static_cast<double>(weights[row]) : 1.0;
+  }
+  return sum;
+}
+
+// The multiplier of every row's loss and gradient: scale / (D * per_row_count), 0 for D = 0.
+inline double reduced_scale(double scale, double divisor, double per_row_count) {
+  const double d = divisor * per_row_count;
+  return d == 0 ? 0.0 : scale / d;
+}
+
+}  // namespace costxent
