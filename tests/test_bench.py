@@ -252,6 +252,7 @@ def test_the_budget_stops_the_run(
     assert result["skipped"] == [{"case": cases[3].name, "reason": "time budget spent"}]
     written = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert written["status"] == "budget spent" and len(written["cases"]) == 3
+    assert f"skipped (time budget spent): {cases[3].name}" in cpu_bench.format_report(result)
 
 
 def test_default_grid_and_flags() -> None:
@@ -260,7 +261,10 @@ def test_default_grid_and_flags() -> None:
     # plain/class-weight/cost-matrix x {float32, bfloat16} x {sparse, dense}; expected cost
     # float32 sparse; the sigmoid at C = 30 in both dtypes.
     assert len(full) == 3 * 2 * 2 * len(classes) + len(classes) + 2
-    assert full[0].name == "plain float32 sparse C=2"
+    names = [case.name for case in full]
+    assert names[0] == "plain float32 sparse C=2"
+    # Every float32 mode, the sigmoid included, before the dense labels.
+    assert names.index("sigmoid float32 multi-hot C=30") < names.index("plain float32 dense C=2")
     assert [case.dtype for case in full] == sorted(
         (case.dtype for case in full), key=cpu_bench.DTYPES.index
     )
