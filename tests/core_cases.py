@@ -122,15 +122,16 @@ def assert_close(
         )
 
 
-# Loss configurations: keyword arguments of _core.softmax_loss (without the arrays), and
-# which weights they take ("class": a vector, "matrix": C x C).
+# Loss configurations: keyword arguments of _core.softmax_loss (without the arrays); the
+# weights a mode takes are WEIGHTS[mode] ("class": a vector, "matrix": C x C), and the kernel
+# tells the two apart by their rank.
 MODES: dict[str, dict[str, Any]] = {
     "plain": {},
-    "class": {"weight_mode": "class"},
-    "cost": {"weight_mode": "cost"},
+    "class": {},
+    "cost": {},
     "smooth": {"label_smoothing": 0.2},
     "focal": {"focal_gamma": 2.0},
-    "focal_half_smooth_class": {"focal_gamma": 0.5, "label_smoothing": 0.1, "weight_mode": "class"},
+    "focal_half_smooth_class": {"focal_gamma": 0.5, "label_smoothing": 0.1},
     "expected": {"loss_kind": "expected_cost"},
     "expected_ce_smooth": {"loss_kind": "expected_cost", "ce_weight": 0.3, "label_smoothing": 0.1},
     "ignore": {"ignore_class": 1},
@@ -144,13 +145,17 @@ MODE_KINDS = [
 ]
 
 
+WEIGHTS: dict[str, str] = {
+    "class": "class",
+    "cost": "matrix",
+    "focal_half_smooth_class": "class",
+    "expected": "matrix",
+    "expected_ce_smooth": "matrix",
+}
+
+
 def weights_kind(mode: str) -> str | None:
-    kwargs = MODES[mode]
-    if kwargs.get("loss_kind") == "expected_cost" or kwargs.get("weight_mode") == "cost":
-        return "matrix"
-    if kwargs.get("weight_mode") == "class":
-        return "class"
-    return None
+    return WEIGHTS.get(mode)
 
 
 @dataclass

@@ -23,15 +23,9 @@ except ImportError as exc:  # built without the extension: nothing to test here
 NUMPY_DTYPES = ("float16", "float32", "float64")  # NumPy has no bfloat16: see test_bfloat16
 
 
-def core_kwargs(case: core_cases.SoftmaxCase) -> dict[str, Any]:
-    """The case's options as _core.softmax_loss takes them: the weight mode is not an
-    option but follows from the weights' rank."""
-    return {k: v for k, v in case.kwargs.items() if k != "weight_mode"}
-
-
 def numpy_inputs(case: core_cases.SoftmaxCase) -> dict[str, Any]:
     """Arguments of _core.softmax_loss for a case, as NumPy arrays of the kernel dtypes."""
-    args: dict[str, Any] = core_kwargs(case)
+    args: dict[str, Any] = dict(case.kwargs)
     args["logits"] = case.logits.astype(case.dtype)
     args["labels"] = case.labels if case.sparse else case.labels.astype(case.dtype)
     if case.weights is not None:
@@ -295,7 +289,7 @@ def test_leading_dimensions_are_rows() -> None:
 
 def test_rank_1_logits_are_one_row() -> None:
     case = softmax_case("focal", "int32", "float64", 1, 6, rng_for("rank1"))
-    loss, grad = _core.softmax_loss(case.logits[0], np.array(case.labels[0]), **core_kwargs(case))
+    loss, grad = _core.softmax_loss(case.logits[0], np.array(case.labels[0]), **case.kwargs)
     assert loss.shape == () and grad.shape == (6,)
     check_case(case, loss.reshape(1), grad.reshape(1, 6))
 
@@ -560,9 +554,9 @@ def test_bfloat16(kind: str) -> None:
     )
     backprop = torch.full_like(logits, float("nan"))
     with pytest.raises(TypeError, match="pass backprop= for bfloat16 logits"):
-        _core.softmax_loss(logits, labels, torch.tensor(case.weights, dtype=torch.float32), **core_kwargs(case))
+        _core.softmax_loss(logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs)
     loss, _ = _core.softmax_loss(
-        logits, labels, torch.tensor(case.weights, dtype=torch.float32), **core_kwargs(case), backprop=backprop
+        logits, labels, torch.tensor(case.weights, dtype=torch.float32), **case.kwargs, backprop=backprop
     )
     case.check(loss.numpy(), backprop.float().numpy())
 

@@ -195,7 +195,7 @@ def measure(cfg: Config, core, compiled: Callable | None, jax_parts, budget_left
 
     def ours(i: int) -> None:
         s = capsules[i % cfg.sets]
-        core.softmax_loss(s["logits"], s["labels32"], s["weights"], weight_mode="class",
+        core.softmax_loss(s["logits"], s["labels32"], s["weights"],
                           loss=s["loss"], backprop=s["backprop"], stream=stream)
 
     copy_dst = [torch.empty_like(s["logits"]) for s in sets]
@@ -270,7 +270,7 @@ def check_against_eager(core, s: dict[str, torch.Tensor], cfg: Config) -> dict[s
     try:
         loss = torch.full_like(s["loss"], float("nan"))
         backprop = torch.full_like(s["backprop"], float("nan"))
-        core.softmax_loss(s["logits"], s["labels32"], s["weights"], weight_mode="class",
+        core.softmax_loss(s["logits"], s["labels32"], s["weights"],
                           loss=loss, backprop=backprop,
                           stream=torch.cuda.current_stream().cuda_stream)
         want_loss, want_grad = torch_composite(s["logits"], s["labels64"], s["weights"])

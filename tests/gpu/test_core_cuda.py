@@ -212,18 +212,22 @@ def test_sigmoid_matches_oracle(core, mode: str, dtype: str, c: int) -> None:
         assert_close("grad", host(backprop), case.grad, dtype)
 
 
-@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("value", [1.0, 0.37, -2.0])
 @pytest.mark.parametrize("dtype", core_cases.DTYPES)
-def test_scale_gradient(core, dtype: str, per_row: bool) -> None:
-    rng = rng_for("scale", dtype, per_row)
+def test_scale_gradient(core, dtype: str, value: float) -> None:
+    """The reduced losses' backward: grad * upstream scalar (read on the device), in place or
+    into another buffer; in place with a scalar of exactly 1 nothing is written."""
+    rng = rng_for("scale", dtype, value)
     grad = core_cases.round_to(rng.normal(size=(37, 129)), dtype)
-    scale = core_cases.round_to(rng.normal(size=37 if per_row else (37, 129)), acc_dtype(dtype))
-    want = grad * (scale[:, None] if per_row else scale)
+    scale = np.array(value, dtype=acc_dtype(dtype))
+    want = core_cases.round_to(grad * value, dtype)
     for offset in (0, 1):
         out = poisoned(grad.shape, dtype, offset + 2)
-        core.scale_gradient(
-            to_device(grad, dtype, offset), to_device(scale, acc_dtype(dtype), offset), out,
-            per_row=per_row, stream=stream(),
-        )
+        core.scale_gradient(to_device(grad, dtype, offset), to_device(scale, acc_dtype(dtype), 0),
+                            out, stream=stream())
         torch.cuda.synchronize()
         assert_close("scaled", host(out), want, dtype)
+        in_place = to_device(grad, dtype, offset)
+        core.scale_gradient(in_place, to_device(scale, acc_dtype(dtype), 0), in_place, stream=stream())
+        torch.cuda.synchronize()
+        assert_close("scaled in place", host(in_place), want, dtype)
