@@ -688,8 +688,9 @@ __device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group&
   const A half_m = A(0.5) * m;
   const int jhat = st.arg;  // lowest index on ties
   const A rest = st.v[L::at(kExpRest)];
-  const A lse = log_sum_exp_with<StdMath>(rest, st.at_max);
-  const A inv_sum = A(1) / (st.at_max + rest);
+  const LogSumExp<A> lse_and_inv = log_sum_exp_with<StdMath>(rest, st.at_max);
+  const A lse = lse_and_inv.lse;
+  const A inv_sum = lse_and_inv.inv_sum;
   // e_j = exp(z_j - m) from a slot value: exp(z - max_thread) cached, or z.
   const A cached_scale = exp(thread_max - m);
   auto expo = [&](A v) { return cache_exp ? v * cached_scale : exp(v - m); };
