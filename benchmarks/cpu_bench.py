@@ -904,6 +904,8 @@ def _default_out_dir() -> Path:
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m costxent bench`` / ``benchmarks/cpu_bench.py``."""
+    default = expand_grid(DEFAULT_TOTAL)
+    skipped = sum(case.skip_reason() is not None for case in default)
     grids = "\n".join(
         f"  {mode:13} {' '.join(g.dtypes)} | {' '.join(g.labels)} | C = "
         + " ".join(map(str, g.classes))
@@ -923,10 +925,12 @@ def parser() -> argparse.ArgumentParser:
             f"Each mode's default grid (dtypes | labels | classes), N*C = 2^24:\n{grids}\n"
             "--dtypes replaces every mode's dtypes; --labels and --classes those of the\n"
             "softmax modes (sigmoid: multi-hot labels, C = 30, pos_weight = 27).\n"
-            f"The default run (about {len(expand_grid(DEFAULT_TOTAL))} cases) takes at most "
-            f"--budget = {DEFAULT_BUDGET_S:.0f} s plus one case\n"
-            "on 2 cores: each case gets an equal share of the budget left, at least "
-            f"{MIN_ROUNDS} rounds."
+            f"The default run has {len(default)} cases ({skipped} with a 10000 x 10000 cost "
+            "matrix are skipped)\n"
+            f"and takes at most --budget = {DEFAULT_BUDGET_S:.0f} s plus one case: each case "
+            "gets an equal share\n"
+            f"of the budget left, at least {MIN_ROUNDS} rounds; once it is spent the remaining "
+            "cases are skipped."
         ),
     )
     result.add_argument("--modes", nargs="+", choices=MODES, metavar="MODE",
