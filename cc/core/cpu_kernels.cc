@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cc/core/cpu_isa.h"
 #include "cc/core/cpu_simd.h"
@@ -87,9 +88,12 @@ struct Whole {
   static constexpr bool kFull = kFull_;
 };
 
-template <bool kFull_>
+// kSlot: which of a walker's kSlots independent max accumulators the chunk feeds (pass 1
+// is otherwise one chain of max latencies).
+template <bool kFull_, int kSlot_ = 0>
 struct RowChunk {
   static constexpr bool kFull = kFull_;
+  static constexpr int kSlot = kSlot_;
   int64_t j0;
 };
 
@@ -102,6 +106,8 @@ struct RowWalk {
   using I = typename P::I;
   static constexpr int W = P::kLanes;
 
+  static constexpr int kSlots = 4;
+
   int64_t c;
   const T* z;
   const T* t;
@@ -111,6 +117,18 @@ struct RowWalk {
   template <typename Fn>
   CX_INLINE void each(Fn&& fn) const {
     int64_t j = 0;
+    for (; j + W <= c; j += W) fn(RowChunk<true>{j});
+    if (j < c) fn(RowChunk<false>{j});
+  }
+  template <typename Fn>
+  CX_INLINE void each_slot(Fn&& fn) const {
+    int64_t j = 0;
+    for (; j + 4 * W <= c; j += 4 * W) {
+      fn(RowChunk<true, 0>{j});
+      fn(RowChunk<true, 1>{j + W});
+      fn(RowChunk<true, 2>{j + 2 * W});
+      fn(RowChunk<true, 3>{j + 3 * W});
+    }
     for (; j + W <= c; j += W) fn(RowChunk<true>{j});
     if (j < c) fn(RowChunk<false>{j});
   }
@@ -192,6 +210,13 @@ struct RowWalk {
       P::store_first(out + ch.j0, v, c - ch.j0);
     }
   }
+  // `on` at class y, `off` elsewhere: the chunk as off, then y's element patched.
+  template <typename C>
+  CX_INLINE void write_onehot(const C& ch, I y, F off, F on) const {
+    write(ch, off);
+    const int64_t at = P::lane0(y) - ch.j0;
+    if (at >= 0 && at < W) out[ch.j0 + at] = from_acc<T>(P::lane(on, at));
+  }
   // table[j] and table[row * c + j] for the chunk's classes j.
   template <typename C>
   CX_INLINE F class_values(const A* table, const C& ch) const {
@@ -246,6 +271,7 @@ struct RowWalk {
 
 struct TileChunk {
   static constexpr bool kFull = true;
+  static constexpr int kSlot = 0;
   int64_t j;
 };
 
@@ -368,9 +394,15 @@ struct TileWalk {
     }
   }
 
+  static constexpr int kSlots = 1;
+
   template <typename Fn>
   CX_INLINE void each(Fn&& fn) const {
     for (int64_t j = 0; j < c; ++j) fn(TileChunk{j});
+  }
+  template <typename Fn>
+  CX_INLINE void each_slot(Fn&& fn) const {
+    each(fn);
   }
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
@@ -398,6 +430,9 @@ struct TileWalk {
   CX_INLINE void keep(int slot, const TileChunk& ch, F v) { P::store(keep_rows[slot][ch.j], v); }
   CX_INLINE F kept(int slot, const TileChunk& ch) const { return P::load(keep_rows[slot][ch.j]); }
   CX_INLINE void write(const TileChunk& ch, F v) { P::store(out_t[ch.j], v); }
+  CX_INLINE void write_onehot(const TileChunk& ch, I y, F off, F on) {
+    write(ch, select(cls(ch) == y, on, off));
+  }
   CX_INLINE F class_values(const A* table, const TileChunk& ch) const { return F(table[ch.j]); }
   CX_INLINE F row_table(const A* table, I row, const TileChunk& ch) const {
     return P::gather(table, row * I(static_cast<int32_t>(c)) + I(static_cast<int32_t>(ch.j)));
@@ -446,20 +481,40 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
 
   // Pass 1: max, its lowest index (cost matrix), and a sum of z - z that is NaN iff some
   // logit is NaN or infinite.
-  F max_lanes = -INFINITY;
-  F nonfinite_lanes = 0;
-  I arg_lanes = 0;
-  walk.each([&](const auto& ch) {
+  constexpr int kSlots = Walk::kSlots;
+  F max_slots[kSlots];
+  F nonfinite_slots[kSlots];
+  I arg_slots[kSlots];
+  for (int i = 0; i < kSlots; ++i) {
+    max_slots[i] = -INFINITY;
+    nonfinite_slots[i] = 0;
+    arg_slots[i] = 0;
+  }
+  walk.each_slot([&](const auto& ch) {
+    constexpr int kSlot = std::remove_reference_t<decltype(ch)>::kSlot;
     const F z = walk.z_at(ch);
     if (cost_weight) {
-      const auto up = z > max_lanes;
-      arg_lanes = select(up, walk.cls(ch), arg_lanes);
-      max_lanes = select(up, z, max_lanes);
+      const auto up = z > max_slots[kSlot];
+      arg_slots[kSlot] = select(up, walk.cls(ch), arg_slots[kSlot]);
+      max_slots[kSlot] = select(up, z, max_slots[kSlot]);
     } else {
-      max_lanes = max(max_lanes, z);
+      max_slots[kSlot] = max(max_slots[kSlot], z);
     }
-    nonfinite_lanes += z - z;
+    nonfinite_slots[kSlot] += z - z;
   });
+  // Slots hold disjoint chunks: the max, and on ties the lower index.
+  F max_lanes = max_slots[0];
+  F nonfinite_lanes = nonfinite_slots[0];
+  I arg_lanes = arg_slots[0];
+  for (int i = 1; i < kSlots; ++i) {
+    if (cost_weight) {
+      const auto take = (max_slots[i] > max_lanes) |
+                        ((max_slots[i] == max_lanes) & (arg_slots[i] < arg_lanes));
+      arg_lanes = select(take, arg_slots[i], arg_lanes);
+    }
+    max_lanes = max(max_lanes, max_slots[i]);
+    nonfinite_lanes += nonfinite_slots[i];
+  }
   const F m = walk.max_of(max_lanes);
   const F nonfinite = walk.sum_of(nonfinite_lanes);
   if (walk.abandon(nonfinite, backprop)) return nonfinite;
@@ -582,8 +637,8 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
       const F factor_on = factor * on;
       const F factor_off = factor * off;
       walk.each([&](const auto& ch) {
-        const F w_ts = select(walk.cls(ch) == y, factor_on, factor_off);
-        walk.write(ch, plain_grad(k, walk.kept(0, ch), w_ts));
+        const F e = walk.kept(0, ch);
+        walk.write_onehot(ch, y, plain_grad(k, e, factor_off), plain_grad(k, e, factor_on));
       });
     } else {
       const F factor_t = factor * (F(1) - eps);

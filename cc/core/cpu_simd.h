@@ -270,25 +270,35 @@ CX_INLINE Float narrow(Wide x) { return Float(__builtin_convertvector(x.v, vf));
 // ---------------------------------------------------------------------------------------
 // Elementary functions (float packs), vectorizable polynomials.
 
-// exp(x) for x <= 0: Cephes' polynomial on x - n ln2, times 2^n. Below float's normal range
-// the result flushes to 0 (also for -inf). A NaN argument gives an unspecified value: rows
-// with a non-finite logit are made NaN by the callers.
-CX_INLINE Float exp_nonpositive(Float x) {
-  const Mask underflow = x < Float(-87.0f);
-  const Float clamped = select(underflow, Float(-87.0f), x);
-  const Float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  Float r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+// exp(x) for x <= 0: Cephes' polynomial on x - n ln2, times 2^n. Results below float's
+// normal range flush to 0 (-inf included), or with AVX-512's scalef round to subnormals. A
+// NaN argument gives an unspecified value: rows with a non-finite logit are made NaN by the
+// callers.
+CX_INLINE Float exp_polynomial(Float r) {
   Float poly = 1.9875691500e-4f;
   poly = poly * r + 1.3981999507e-3f;
   poly = poly * r + 8.3334519073e-3f;
   poly = poly * r + 4.1665795894e-2f;
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
+  return poly * r * r + r + 1.0f;
+}
+CX_INLINE Float exp_nonpositive(Float x) {
+#if defined(__AVX512F__)
+  const Float clamped = max(x, Float(-104.0f));  // exp(-104) < 2^-150: scalef rounds it to 0
+  const Float n(_mm512_roundscale_ps((clamped * 1.44269504088896341f).v,
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const Float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
+  return Float(_mm512_scalef_ps(exp_polynomial(r).v, n.v));
+#else
+  const Mask underflow = x < Float(-87.0f);
+  const Float clamped = select(underflow, Float(-87.0f), x);
+  const Float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const Float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
   const vi exponent = __builtin_convertvector(n.v, vi) + 127;
   const Float scale = from_bits(__builtin_bit_cast(vu, exponent << 23));
-  return select(underflow, Float(0.0f), poly * scale);
+  return select(underflow, Float(0.0f), exp_polynomial(r) * scale);
+#endif
 }
 
 // log(u * 2^exponent) for u in [1, 2): Cephes' logf polynomial around 1 or sqrt(2), with ln 2
@@ -450,6 +460,7 @@ struct Packs<float> {
   static CX_INLINE double sum_wide(W x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_add(x); }
   static CX_INLINE I to_index(F x) { return I(__builtin_convertvector(x.v, vi)); }
   static CX_INLINE float lane0(F x) { return x.v[0]; }
+  static CX_INLINE float lane(F x, int64_t i) { return x.v[i]; }
   static CX_INLINE int32_t lane0(I x) { return x.v[0]; }
 };
 
@@ -475,6 +486,7 @@ struct Packs<double> {
   static CX_INLINE double sum_wide(W x) { return x; }
   static CX_INLINE I to_index(F x) { return static_cast<int32_t>(x.v); }
   static CX_INLINE double lane0(F x) { return x.v; }
+  static CX_INLINE double lane(F x, int64_t) { return x.v; }
   static CX_INLINE int32_t lane0(I x) { return x.v; }
 };
 
