@@ -39,6 +39,30 @@ struct DivisorInput {
   double without_data() const { return reduction == Reduction::kSum ? 1.0 : static_cast<double>(n); }
 };
 
+// What the divisor of a reduction over a problem's rows reads (its row_scale is the sample
+// weight); the sigmoid loss has no ignored rows.
+template <typename T, typename A>
+DivisorInput<A> divisor_input(const SoftmaxProblem<T, A>& p, Reduction reduction) {
+  DivisorInput<A> d;
+  d.reduction = reduction;
+  d.n = p.n;
+  d.sample_weight = p.row_scale;
+  d.labels32 = p.labels32;
+  d.labels64 = p.labels64;
+  d.has_ignore_class = p.has_ignore_class;
+  d.ignore_class = p.ignore_class;
+  return d;
+}
+
+template <typename T, typename A>
+DivisorInput<A> divisor_input(const SigmoidProblem<T, A>& p, Reduction reduction) {
+  DivisorInput<A> d;
+  d.reduction = reduction;
+  d.n = p.n;
+  d.sample_weight = p.row_scale;
+  return d;
+}
+
 // The divisor's sum over rows [begin, end) of host-resident labels and weights, in row order.
 // Callers sum whole kReduceBlockRows blocks and add the blocks in order, so D has the same
 // bits whatever the threading.

@@ -713,19 +713,10 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
     p.has_ignore_class = spec.has_ignore_class;
     p.ignore_class = spec.ignore_class;
     if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
-    if (reduced) {
-      DivisorInput<A> d;
-      d.reduction = spec.reduction;
-      d.n = p.n;
-      d.sample_weight = p.row_scale;
-      d.labels32 = p.labels32;
-      d.labels64 = p.labels64;
-      d.has_ignore_class = p.has_ignore_class;
-      d.ignore_class = p.ignore_class;
-      p.scale = static_cast<A>(reduced_scale(scale, keras_divisor(logits, d, stream), 1.0));
-    } else {
-      p.scale = static_cast<A>(scale);
-    }
+    p.scale = static_cast<A>(
+        reduced ? reduced_scale(scale,
+                                keras_divisor(logits, divisor_input(p, spec.reduction), stream), 1.0)
+                : scale);
 
     const std::vector<int64_t>& shape = spec.logits.shape;
     LossOutputs out = loss_outputs<T, A>(
@@ -841,16 +832,11 @@ py::tuple sigmoid_loss(const py::object& logits_obj, const py::object& labels_ob
     if (row_scale != nullptr) p.row_scale = row_scale->data<A>();
     // A reduced call follows keras.losses.BinaryCrossentropy: the per-example loss is the
     // mean over the last axis, so the divisor carries a factor C.
-    if (reduced) {
-      DivisorInput<A> d;
-      d.reduction = spec.reduction;
-      d.n = p.n;
-      d.sample_weight = p.row_scale;
-      p.scale = static_cast<A>(
-          reduced_scale(scale, keras_divisor(logits, d, stream), static_cast<double>(p.c)));
-    } else {
-      p.scale = static_cast<A>(scale);
-    }
+    p.scale = static_cast<A>(
+        reduced ? reduced_scale(scale,
+                                keras_divisor(logits, divisor_input(p, spec.reduction), stream),
+                                static_cast<double>(p.c))
+                : scale);
 
     LossOutputs out =
         loss_outputs<T, A>(p, reduced, spec.logits.shape, spec.logits.shape, loss_obj,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cc/core/problem.h"
@@ -148,9 +149,32 @@ void run_reduced(OpKernelContext* ctx, const DivisorInput<A>& d, double per_row_
 }
 
 // ---------------------------------------------------------------------------------------
-// Softmax losses.
+// The three variants of each loss op (ops.cc).
 
 enum class Variant { kLoss, kGrad, kReduced };
+
+// The variant's per-example output: the loss of loss_shape (kLoss), or the backprop in the
+// logits' buffer when TensorFlow can forward it (input 0; kGrad's output 0, kReduced's 1).
+template <Variant V, typename T, typename Problem>
+bool allocate_output(OpKernelContext* ctx, const TensorShape& loss_shape, Problem* p) {
+  using A = std::remove_pointer_t<decltype(p->loss)>;
+  if (V == Variant::kLoss) {
+    Tensor* loss = nullptr;
+    const ::tensorflow::Status s = ctx->allocate_output(0, loss_shape, &loss);
+    if (!s.ok()) ctx->SetStatus(s);
+    if (s.ok()) p->loss = loss->flat<A>().data();
+    return s.ok();
+  }
+  Tensor* backprop = nullptr;
+  const ::tensorflow::Status s = ctx->forward_input_or_allocate_output(
+      {0}, V == Variant::kGrad ? 0 : 1, ctx->input(0).shape(), &backprop);
+  if (!s.ok()) ctx->SetStatus(s);
+  if (s.ok()) p->backprop = core_ptr(backprop->flat<T>().data());
+  return s.ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax losses.
 
 template <typename Device, typename T, typename A, Variant V>
 class SoftmaxLossOp : public OpKernel {
@@ -214,35 +238,16 @@ class SoftmaxLossOp : public OpKernel {
     p.ignore_class = spec.ignore_class;
     if (row_scale != nullptr && spec.row_scale.present) p.row_scale = row_scale->flat<A>().data();
 
-    if (V == Variant::kLoss) {
-      Tensor* loss = nullptr;
-      TensorShape lead = logits.shape();
-      lead.RemoveLastDims(1);
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, lead, &loss));
-      p.loss = loss->flat<A>().data();
+    TensorShape lead = logits.shape();
+    lead.RemoveLastDims(1);
+    if (!allocate_output<V, T>(ctx, lead, &p)) return;
+    if (V != Variant::kReduced) {
       run(ctx, spec, p);
       return;
     }
 
-    const int backprop_index = V == Variant::kGrad ? 0 : 1;
-    Tensor* backprop = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, backprop_index,
-                                                              logits.shape(), &backprop));
-    p.backprop = core_ptr(backprop->flat<T>().data());
-    if (V == Variant::kGrad) {
-      run(ctx, spec, p);
-      return;
-    }
-
-    DivisorInput<A> d;
-    d.reduction = spec.reduction;
-    d.n = p.n;
-    d.sample_weight = p.row_scale;
-    d.labels32 = p.labels32;
-    d.labels64 = p.labels64;
-    d.has_ignore_class = p.has_ignore_class;
-    d.ignore_class = p.ignore_class;
-    run_reduced<Device>(ctx, d, 1.0, &p, [&](const SoftmaxProblem<CT, A>& q) {
+    run_reduced<Device>(ctx, divisor_input(p, spec.reduction), 1.0, &p,
+                        [&](const SoftmaxProblem<CT, A>& q) {
       return run(ctx, spec, q);
     });
   }
@@ -326,31 +331,17 @@ class SigmoidLossOp : public OpKernel {
     p.label_smoothing = static_cast<A>(spec.label_smoothing);
     p.focal_gamma = static_cast<A>(spec.focal_gamma);
 
-    if (V == Variant::kLoss) {
-      Tensor* loss = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &loss));
-      p.loss = loss->flat<A>().data();
-      run(ctx, spec, p);
-      return;
-    }
-    const int backprop_index = V == Variant::kGrad ? 0 : 1;
-    Tensor* backprop = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, backprop_index,
-                                                              logits.shape(), &backprop));
-    p.backprop = core_ptr(backprop->flat<T>().data());
-    if (V == Variant::kGrad) {
-      p.element_scale = extra->flat<A>().data();
+    if (!allocate_output<V, T>(ctx, logits.shape(), &p)) return;
+    if (V == Variant::kGrad) p.element_scale = extra->flat<A>().data();
+    if (V != Variant::kReduced) {
       run(ctx, spec, p);
       return;
     }
 
     if (spec.row_scale.present) p.row_scale = extra->flat<A>().data();
-    DivisorInput<A> d;
-    d.reduction = reduction_;
-    d.n = p.n;
-    d.sample_weight = p.row_scale;
     // The per-row loss is the mean over the last axis.
-    run_reduced<Device>(ctx, d, static_cast<double>(p.c), &p, [&](const SigmoidProblem<CT, A>& q) {
+    run_reduced<Device>(ctx, divisor_input(p, reduction_), static_cast<double>(p.c), &p,
+                        [&](const SigmoidProblem<CT, A>& q) {
       return run(ctx, spec, q);
     });
   }
