@@ -36,6 +36,16 @@ COST = np.array(
 LossFactory = Callable[[Any], keras.losses.Loss]
 
 
+def _value_and_gradient(loss: keras.losses.Loss, y_true: Any, y_pred: Any, sw: Any) -> tuple:
+    """The loss, and its gradient w.r.t. y_pred: with a tape recording, costxent's losses
+    run their fused reduced op; without one, the loss-only op and Keras' reduction."""
+    x = tf.constant(y_pred)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss(y_true, x, sample_weight=sw)
+    return value, tape.gradient(value, x)
+
+
 def _assert_same_as(
     ours: LossFactory,
     theirs: LossFactory,
@@ -45,19 +55,18 @@ def _assert_same_as(
     rtol: float = 1e-5,
 ) -> None:
     """``ours(reduction)`` and ``theirs(reduction)`` agree for every reduction, with and
-    without ``sample_weight``, in value, shape and dtype."""
+    without ``sample_weight``, in value, shape and dtype, with and without a tape, and in
+    the gradient with respect to ``y_pred``."""
     for reduction in REDUCTIONS:
         for sw in (None, sample_weight):
-            got = ours(reduction)(y_true, y_pred, sample_weight=sw)
-            want = theirs(reduction)(y_true, y_pred, sample_weight=sw)
-            assert got.dtype == want.dtype, (reduction, sw is not None)
-            np.testing.assert_allclose(
-                got,
-                want,
-                rtol=rtol,
-                atol=1e-6,
-                err_msg=f"reduction={reduction}, sample_weight={sw is not None}",
-            )
+            where = f"reduction={reduction}, sample_weight={sw is not None}"
+            want, want_grad = _value_and_gradient(theirs(reduction), y_true, y_pred, sw)
+            untaped = ours(reduction)(y_true, y_pred, sample_weight=sw)
+            got, got_grad = _value_and_gradient(ours(reduction), y_true, y_pred, sw)
+            for value in (untaped, got):
+                assert value.dtype == want.dtype and value.shape == want.shape, where
+                np.testing.assert_allclose(value, want, rtol=rtol, atol=1e-6, err_msg=where)
+            np.testing.assert_allclose(got_grad, want_grad, rtol=rtol, atol=1e-6, err_msg=where)
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
