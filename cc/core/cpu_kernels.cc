@@ -286,10 +286,11 @@ struct TileWalk {
   using I = typename P::I;
   static constexpr int W = P::kLanes;
 
-  // Up to kShuffleClasses classes a tile is transposed by two-source shuffles of its
-  // vectors; beyond, through memory by gathers. A shuffled vector takes lane l from pair q
-  // of source vectors where take[q] is set (pair 0 everywhere else).
-  static constexpr int64_t kShuffleClasses = 4;
+  // A tile is transposed in registers: up to kShuffleClasses classes by two-source shuffles
+  // of its vectors (a shuffled vector takes lane l from pair q of source vectors where
+  // take[q] is set, pair 0 elsewhere), beyond by W x W block transposes of row vectors.
+  static constexpr int64_t kShuffleClasses = 8;
+  static_assert(kSmallClasses % W == 0, "block transposes fill whole blocks");
   static constexpr int kPairs = (kShuffleClasses + 1) / 2;
   struct Shuffle {
     I index[kPairs];
@@ -298,24 +299,14 @@ struct TileWalk {
 
   int64_t c;
   bool shuffled;
-  A flat[kSmallClasses * W];  // a tile in row-major order, converted to A
   A zt[kSmallClasses][W];
   A tt[kSmallClasses][W];
   A keep_rows[2][kSmallClasses][W];
   A out_t[kSmallClasses][W];
-  I to_flat[kSmallClasses];  // flat chunk v's lanes, as indices into [class][row]
   Shuffle to_classes[kShuffleClasses];
   Shuffle to_rows[kShuffleClasses];
 
   CX_INLINE explicit TileWalk(int64_t classes) : c(classes), shuffled(classes <= kShuffleClasses) {
-    for (int64_t v = 0; v < c; ++v) {
-      int32_t index[W];
-      for (int l = 0; l < W; ++l) {
-        const int64_t f = v * W + l;
-        index[l] = static_cast<int32_t>((f % c) * W + f / c);
-      }
-      to_flat[v] = load_int(index);
-    }
     if (!shuffled) return;
     // Class j's lane r is flat element r c + j; flat chunk v's lane l is class (vW + l) % c
     // of row (vW + l) / c.
@@ -349,9 +340,9 @@ struct TileWalk {
   }
 
   // Rows [0, rows) of src into [class][row] (A) form.
-  CX_INLINE void transpose_in(const T* src, int64_t rows, A (*dst)[W]) {
-    const int64_t count = rows * c;
+  CX_INLINE void transpose_in(const T* src, int64_t rows, A (*dst)[W]) const {
     if (shuffled) {
+      const int64_t count = rows * c;
       F v[kShuffleClasses];
       for (int64_t k = 0; k < c; ++k) {
         const int64_t at = k * W;
@@ -362,16 +353,17 @@ struct TileWalk {
       for (int64_t j = 0; j < c; ++j) P::store(dst[j], shuffle(v, to_classes[j]));
       return;
     }
-    int64_t k = 0;
-    for (; k + W <= count; k += W) P::store(flat + k, P::load(src + k));
-    if (k < count) {
-      P::store(flat + k, P::load_first(src + k, count - k, T{}));
-      k += W;
+    for (int64_t j0 = 0; j0 < c; j0 += W) {
+      const int64_t n = c - j0 < W ? c - j0 : W;
+      F v[W];
+      for (int r = 0; r < W; ++r) {
+        const T* row = src + r * c + j0;
+        v[r] = r >= rows ? F(0) : n == W ? P::load(row) : P::load_first(row, n, T{});
+      }
+      transpose(v);
+      // All W (kSmallClasses is a whole number of blocks): a copy of n would become memcpy.
+      for (int j = 0; j < W; ++j) P::store(dst[j0 + j], v[j]);
     }
-    for (; k < c * W; k += W) P::store(flat + k, F(0));
-    const I stride = P::iota() * I(static_cast<int32_t>(c));
-    for (int64_t j = 0; j < c; ++j)
-      P::store(dst[j], P::gather(flat, stride + I(static_cast<int32_t>(j))));
   }
   CX_INLINE void load(const T* z, const T* t, int64_t rows) {
     transpose_in(z, rows, zt);
@@ -379,17 +371,31 @@ struct TileWalk {
   }
   // The gradient written by write(), back to rows [0, rows) of dst.
   CX_INLINE void store(T* dst, int64_t rows) const {
-    const int64_t count = rows * c;
-    F classes[kShuffleClasses];
     if (shuffled) {
+      const int64_t count = rows * c;
+      F classes[kShuffleClasses];
       for (int64_t j = 0; j < c; ++j) classes[j] = P::load(out_t[j]);
+      for (int64_t v = 0; v * W < count; ++v) {
+        const F g = shuffle(classes, to_rows[v]);
+        if (v * W + W <= count) {
+          P::store(dst + v * W, g);
+        } else {
+          P::store_first(dst + v * W, g, count - v * W);
+        }
+      }
+      return;
     }
-    for (int64_t v = 0; v * W < count; ++v) {
-      const F g = shuffled ? shuffle(classes, to_rows[v]) : P::gather(&out_t[0][0], to_flat[v]);
-      if (v * W + W <= count) {
-        P::store(dst + v * W, g);
-      } else {
-        P::store_first(dst + v * W, g, count - v * W);
+    for (int64_t j0 = 0; j0 < c; j0 += W) {
+      const int64_t n = c - j0 < W ? c - j0 : W;
+      F v[W];
+      for (int j = 0; j < W; ++j) v[j] = j < n ? P::load(out_t[j0 + j]) : F(0);
+      transpose(v);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (n == W) {
+          P::store(dst + r * c + j0, v[r]);
+        } else {
+          P::store_first(dst + r * c + j0, v[r], n);
+        }
       }
     }
   }

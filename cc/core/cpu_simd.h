@@ -222,6 +222,32 @@ CX_INLINE Float gather(const float* base, Int index) {
 #endif
 }
 
+// v[i][l] = v[l][i]: log2(kLanes) stages, each swapping the off-diagonal B x B blocks of
+// vector pairs (i, i + B) with two two-source shuffles per pair.
+template <int B>
+CX_INLINE void swap_blocks(Float* v) {
+  vi low;
+  vi high;
+  for (int l = 0; l < kLanes; ++l) {
+    const bool even = (l / B) % 2 == 0;
+    low[l] = even ? l : kLanes + l - B;
+    high[l] = even ? l + B : kLanes + l;
+  }
+  for (int i = 0; i < kLanes; ++i) {
+    if ((i / B) % 2 != 0) continue;
+    const vf a = __builtin_shuffle(v[i].v, v[i + B].v, low);
+    const vf b = __builtin_shuffle(v[i].v, v[i + B].v, high);
+    v[i] = Float(a);
+    v[i + B] = Float(b);
+  }
+}
+CX_INLINE void transpose(Float* v) {
+  if constexpr (kLanes >= 16) swap_blocks<8>(v);
+  if constexpr (kLanes >= 8) swap_blocks<4>(v);
+  swap_blocks<2>(v);
+  swap_blocks<1>(v);
+}
+
 // x[index[i]] per lane (index in [0, kLanes)).
 CX_INLINE Float permute(Float x, Int index) { return Float(__builtin_shuffle(x.v, index.v)); }
 CX_INLINE Int permute(Int x, Int index) { return Int(__builtin_shuffle(x.v, index.v)); }
