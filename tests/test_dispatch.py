@@ -32,7 +32,7 @@ from costxent import _library
 from costxent import ops as cx_ops
 
 TESTS = Path(__file__).resolve().parent
-PACKAGE = Path(cx.__file__).resolve().parent
+PACKAGE = Path(cx.__file__).absolute().parent  # not resolved: a linked dev build stays itself
 COST = np.array([[0.0, 1.0, 4.0], [2.0, 0.0, 1.0], [1.0, 3.0, 0.0]])
 FUSED_TYPES = {"CostxentSoftmaxLoss", "CostxentSigmoidLoss"}
 FAKE_TF_VERSION = "9.99.0"

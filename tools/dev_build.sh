@@ -13,5 +13,6 @@ cmake -S "$root" -B "$out/cmake" -G Ninja -DCOSTXENT_CUDA="${COSTXENT_CUDA:-OFF}
   -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$out/py/costxent" "$@" >/dev/null
 cmake --build "$out/cmake"
+find "$out/py/costxent" -xtype l -delete  # links to modules that no longer exist
 for f in "$root"/python/costxent/*.py; do ln -sf "$f" "$out/py/costxent/"; done
 cp "$out/cmake/_build_info.py" "$out/py/costxent/"
