@@ -7,7 +7,7 @@
 //   - TileWalk walks kLanes rows at once (C <= kSmallClasses): the tile is transposed to
 //     [class][row], a chunk is one class of every row, lanes are rows, so row reductions
 //     are plain lane-wise sums and every per-row step (the log included) is one vector op.
-// Both modes are chosen at compile time, so sparse plain cross-entropy only computes the
+// The loss modes are template parameters, so sparse plain cross-entropy only computes the
 // max, the exp sums and z_y. Sums run in a fixed order (long rows in float blocks of
 // kSumBlock chunks added in double), so results are bitwise reproducible and a row's result
 // never depends on how rows were split between calls. No standard-library template is
@@ -54,32 +54,43 @@ struct Mode {
   static constexpr bool kFocal = kFocal_;
 };
 
-// Running sums of a walker's chunks. A RowWalk lane sums at most kSumBlock terms in float:
-// longer rows flush their lanes into double every kSumBlock chunks. TileWalk's lanes are
-// rows, each summing at most kSmallClasses terms.
+// Running sums of a walker's chunks, kSlots lanes each (chunks take turns: shorter
+// dependency chains and float sums of a quarter of the terms), added pairwise at the end.
+// A RowWalk lane sums at most kSumBlock terms in float: longer rows flush their lanes into
+// double every kSumBlock chunks. TileWalk's lanes are rows, each slot summing at most
+// kSmallClasses / kSlots terms.
+constexpr int kSlots = 4;
+
+template <typename F>
+CX_INLINE F fold(const F (&slots)[kSlots]) {
+  return (slots[0] + slots[1]) + (slots[2] + slots[3]);
+}
+
 template <typename P, int N>
 struct RowSums {
-  typename P::F lane[N];
+  typename P::F lane[N][kSlots];
   typename P::W wide[N];
   CX_INLINE RowSums() {
     for (int i = 0; i < N; ++i) {
-      lane[i] = 0;
+      for (int k = 0; k < kSlots; ++k) lane[i][k] = 0;
       wide[i] = 0;
     }
   }
   CX_INLINE void flush() {
     for (int i = 0; i < N; ++i) {
-      wide[i] = wide[i] + P::widen(lane[i]);
-      lane[i] = 0;
+      wide[i] = wide[i] + P::widen(fold(lane[i]));
+      for (int k = 0; k < kSlots; ++k) lane[i][k] = 0;
     }
   }
 };
 
 template <typename P, int N>
 struct TileSums {
-  typename P::F lane[N];
+  typename P::F lane[N][kSlots];
   CX_INLINE TileSums() {
-    for (int i = 0; i < N; ++i) lane[i] = 0;
+    for (int i = 0; i < N; ++i) {
+      for (int k = 0; k < kSlots; ++k) lane[i][k] = 0;
+    }
   }
 };
 
@@ -88,8 +99,7 @@ struct Whole {
   static constexpr bool kFull = kFull_;
 };
 
-// kSlot: which of a walker's kSlots independent max accumulators the chunk feeds (pass 1
-// is otherwise one chain of max latencies).
+// kSlot: which of the kSlots accumulators of a max or a sum the chunk feeds.
 template <bool kFull_, int kSlot_ = 0>
 struct RowChunk {
   static constexpr bool kFull = kFull_;
@@ -106,8 +116,6 @@ struct RowWalk {
   using I = typename P::I;
   static constexpr int W = P::kLanes;
 
-  static constexpr int kSlots = 4;
-
   int64_t c;
   const T* z;
   const T* t;
@@ -120,32 +128,38 @@ struct RowWalk {
     for (; j + W <= c; j += W) fn(RowChunk<true>{j});
     if (j < c) fn(RowChunk<false>{j});
   }
+  // Chunks [j, stop) (whole ones), kSlots at a time taking turns at the accumulators.
   template <typename Fn>
-  CX_INLINE void each_slot(Fn&& fn) const {
-    int64_t j = 0;
-    for (; j + 4 * W <= c; j += 4 * W) {
+  CX_INLINE int64_t each_slot_until(int64_t j, int64_t stop, Fn&& fn) const {
+    for (; j + kSlots * W <= stop; j += kSlots * W) {
       fn(RowChunk<true, 0>{j});
       fn(RowChunk<true, 1>{j + W});
       fn(RowChunk<true, 2>{j + 2 * W});
       fn(RowChunk<true, 3>{j + 3 * W});
     }
-    for (; j + W <= c; j += W) fn(RowChunk<true>{j});
+    for (; j + W <= stop; j += W) fn(RowChunk<true>{j});
+    return j;
+  }
+  template <typename Fn>
+  CX_INLINE void each_slot(Fn&& fn) const {
+    const int64_t j = each_slot_until(0, c, fn);
     if (j < c) fn(RowChunk<false>{j});
   }
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
+    auto chunk = [&](const auto& ch) { fn(ch, s); };
     if (!long_row()) {
-      each([&](const auto& ch) { fn(ch, s); });
+      each_slot(chunk);
       return;
     }
     int64_t j = 0;
     while (j + W <= c) {
-      const int64_t stop = j + kSumBlock * W;
-      for (; j + W <= c && j < stop; j += W) fn(RowChunk<true>{j}, s);
+      const int64_t stop = j + kSumBlock * W < c ? j + kSumBlock * W : c;
+      j = each_slot_until(j, stop, chunk);
       s.flush();
     }
     if (j < c) {
-      fn(RowChunk<false>{j}, s);
+      chunk(RowChunk<false>{j});
       s.flush();
     }
   }
@@ -156,19 +170,29 @@ struct RowWalk {
   }
   template <typename S, typename C>
   CX_INLINE void add(S& s, int i, const C& ch, F v) const {
+    F& lane = s.lane[i][C::kSlot];
     if constexpr (C::kFull) {
-      s.lane[i] += v;
+      lane += v;
     } else {
-      s.lane[i] += select(P::first_lanes(c - ch.j0), v, F(0));
+      lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(P::first_lanes(c - ch.j0), lane, v);
+    }
+  }
+  template <typename S, typename C, typename M>
+  CX_INLINE void add_where(S& s, int i, const C& ch, M m, F v) const {
+    F& lane = s.lane[i][C::kSlot];
+    if constexpr (C::kFull) {
+      lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(m, lane, v);
+    } else {
+      lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(m & P::first_lanes(c - ch.j0), lane, v);
     }
   }
   template <int N>
   CX_INLINE F total(const RowSums<P, N>& s, int i) const {
-    if (!long_row()) return P::reduce_add(s.lane[i]);
+    if (!long_row()) return P::reduce_add(fold(s.lane[i]));
     return F(static_cast<A>(P::sum_wide(s.wide[i])));
   }
   CX_INLINE F max_of(F lanes) const { return P::reduce_max(lanes); }
-  CX_INLINE F sum_of(F lanes) const { return P::reduce_add(lanes); }
+  CX_INLINE F min_of(F lanes) const { return P::reduce_min(lanes); }
   // The lowest index holding the max m.
   CX_INLINE I argmax_of(F lanes, I index, F m) const {
     return P::reduce_min(select(lanes == m, index, I(INT32_MAX)));
@@ -179,7 +203,7 @@ struct RowWalk {
     if constexpr (C::kFull) {
       return P::load(z + ch.j0);
     } else {
-      return P::load_first(z + ch.j0, c - ch.j0, z[ch.j0]);  // neutral for max and z - z
+      return P::load_first(z + ch.j0, c - ch.j0, z[ch.j0]);  // neutral for max and min
     }
   }
   template <typename C>
@@ -258,9 +282,10 @@ struct RowWalk {
   CX_INLINE F dense_cost(const A*, const C& ch) const {
     return P::load(keep_rows[1] + ch.j0);
   }
-  // A row with a non-finite logit is NaN throughout: written now, skipping the other passes.
-  CX_INLINE bool abandon(F nonfinite, bool backprop) const {
-    if (P::lane0(nonfinite) == A(0)) return false;
+  // A row whose max or min is not finite is NaN throughout: written now, skipping the other
+  // passes (a NaN elsewhere surfaces in pass 2's sums).
+  CX_INLINE bool abandon(F m, F low, bool backprop) const {
+    if (P::lane0(m) < A(INFINITY) && P::lane0(low) > A(-INFINITY)) return false;
     if (backprop) {
       const T nan = from_acc<T>(quiet_nan(A(0)));
       for (int64_t j = 0; j < c; ++j) out[j] = nan;
@@ -269,15 +294,16 @@ struct RowWalk {
   }
 };
 
+template <int kSlot_ = 0>
 struct TileChunk {
   static constexpr bool kFull = true;
-  static constexpr int kSlot = 0;
+  static constexpr int kSlot = kSlot_;
   int64_t j;
 };
 
 // kLanes consecutive rows (fewer at the end: the missing rows are zero padding) of
 // C <= kSmallClasses classes, transposed to [class][row] on load and back on store.
-constexpr int64_t kSmallClasses = 32;
+constexpr int64_t kSmallClasses = 128;
 
 template <typename T, typename A>
 struct TileWalk {
@@ -327,7 +353,7 @@ struct TileWalk {
         index[l] = static_cast<int32_t>(f % (2 * W));
       }
       sh->index[q] = load_int(index);
-      sh->take[q] = Mask{load_int(take).v};
+      sh->take[q] = mask_of(load_int(take).v);
     }
   }
   CX_INLINE F shuffle(const F* vectors, const Shuffle& sh) const {
@@ -400,50 +426,70 @@ struct TileWalk {
     }
   }
 
-  static constexpr int kSlots = 1;
-
   template <typename Fn>
   CX_INLINE void each(Fn&& fn) const {
-    for (int64_t j = 0; j < c; ++j) fn(TileChunk{j});
+    for (int64_t j = 0; j < c; ++j) fn(TileChunk<>{j});
   }
   template <typename Fn>
   CX_INLINE void each_slot(Fn&& fn) const {
-    each(fn);
+    int64_t j = 0;
+    for (; j + kSlots <= c; j += kSlots) {
+      fn(TileChunk<0>{j});
+      fn(TileChunk<1>{j + 1});
+      fn(TileChunk<2>{j + 2});
+      fn(TileChunk<3>{j + 3});
+    }
+    for (; j < c; ++j) fn(TileChunk<>{j});
   }
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
-    for (int64_t j = 0; j < c; ++j) fn(TileChunk{j}, s);
+    each_slot([&](const auto& ch) { fn(ch, s); });
   }
   template <int N>
   CX_INLINE TileSums<P, N> sums() const {
     return {};
   }
-  template <typename S>
-  CX_INLINE void add(S& s, int i, const TileChunk&, F v) const {
-    s.lane[i] += v;
+  template <typename S, typename C>
+  CX_INLINE void add(S& s, int i, const C&, F v) const {
+    s.lane[i][C::kSlot] += v;
+  }
+  template <typename S, typename C>
+  CX_INLINE void add_where(S& s, int i, const C&, Mask m, F v) const {
+    F& lane = s.lane[i][C::kSlot];
+    lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(m, lane, v);
   }
   template <int N>
   CX_INLINE F total(const TileSums<P, N>& s, int i) const {
-    return s.lane[i];
+    return fold(s.lane[i]);
   }
   CX_INLINE F max_of(F lanes) const { return lanes; }
-  CX_INLINE F sum_of(F lanes) const { return lanes; }
+  CX_INLINE F min_of(F lanes) const { return lanes; }
   CX_INLINE I argmax_of(F, I index, F) const { return index; }
 
-  CX_INLINE F z_at(const TileChunk& ch) const { return P::load(zt[ch.j]); }
-  CX_INLINE F t_at(const TileChunk& ch) const { return P::load(tt[ch.j]); }
-  CX_INLINE I cls(const TileChunk& ch) const { return I(static_cast<int32_t>(ch.j)); }
-  CX_INLINE void keep(int slot, const TileChunk& ch, F v) { P::store(keep_rows[slot][ch.j], v); }
-  CX_INLINE F kept(int slot, const TileChunk& ch) const { return P::load(keep_rows[slot][ch.j]); }
-  CX_INLINE void write(const TileChunk& ch, F v) { P::store(out_t[ch.j], v); }
-  CX_INLINE void write_onehot(const TileChunk& ch, I y, F off, F on) {
+  template <typename C>
+  CX_INLINE F z_at(const C& ch) const { return P::load(zt[ch.j]); }
+  template <typename C>
+  CX_INLINE F t_at(const C& ch) const { return P::load(tt[ch.j]); }
+  template <typename C>
+  CX_INLINE I cls(const C& ch) const { return I(static_cast<int32_t>(ch.j)); }
+  template <typename C>
+  CX_INLINE void keep(int slot, const C& ch, F v) { P::store(keep_rows[slot][ch.j], v); }
+  template <typename C>
+  CX_INLINE F kept(int slot, const C& ch) const { return P::load(keep_rows[slot][ch.j]); }
+  template <typename C>
+  CX_INLINE void write(const C& ch, F v) { P::store(out_t[ch.j], v); }
+  template <typename C>
+  CX_INLINE void write_onehot(const C& ch, I y, F off, F on) {
     write(ch, select(cls(ch) == y, on, off));
   }
-  CX_INLINE F class_values(const A* table, const TileChunk& ch) const { return F(table[ch.j]); }
-  CX_INLINE F row_table(const A* table, I row, const TileChunk& ch) const {
+  template <typename C>
+  CX_INLINE F class_values(const A* table, const C& ch) const { return F(table[ch.j]); }
+  template <typename C>
+  CX_INLINE F row_table(const A* table, I row, const C& ch) const {
     return P::gather(table, row * I(static_cast<int32_t>(c)) + I(static_cast<int32_t>(ch.j)));
   }
-  CX_INLINE F column(const A* table, I col, const TileChunk& ch) const {
+  template <typename C>
+  CX_INLINE F column(const A* table, I col, const C& ch) const {
     return P::gather(table + ch.j * c, col);
   }
   CX_INLINE F lookup(const A* table, I row, I col) const {
@@ -457,12 +503,13 @@ struct TileWalk {
     return r;
   }
   CX_INLINE void prepare_dense_costs(const A*) const {}
-  CX_INLINE F dense_cost(const A* m, const TileChunk& ch) const {
+  template <typename C>
+  CX_INLINE F dense_cost(const A* m, const C& ch) const {
     F cost = 0;
     for (int64_t k = 0; k < c; ++k) cost += P::load(tt[k]) * F(m[k * c + ch.j]);
     return cost;
   }
-  CX_INLINE bool abandon(F, bool) const { return false; }
+  CX_INLINE bool abandon(F, F, bool) const { return false; }
 };
 
 // The softmax losses of one walker's rows (DESIGN 2.1, 2.2): returns the per-row loss and,
@@ -485,15 +532,13 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
   const F inv_c = o.inv_c;
   const bool smooth = o.eps != A(0);
 
-  // Pass 1: max, its lowest index (cost matrix), and a sum of z - z that is NaN iff some
-  // logit is NaN or infinite.
-  constexpr int kSlots = Walk::kSlots;
+  // Pass 1: max, its lowest index (cost matrix), and min (-inf: a non-finite row).
   F max_slots[kSlots];
-  F nonfinite_slots[kSlots];
+  F min_slots[kSlots];
   I arg_slots[kSlots];
   for (int i = 0; i < kSlots; ++i) {
     max_slots[i] = -INFINITY;
-    nonfinite_slots[i] = 0;
+    min_slots[i] = INFINITY;
     arg_slots[i] = 0;
   }
   walk.each_slot([&](const auto& ch) {
@@ -506,11 +551,11 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
     } else {
       max_slots[kSlot] = max(max_slots[kSlot], z);
     }
-    nonfinite_slots[kSlot] += z - z;
+    min_slots[kSlot] = min(min_slots[kSlot], z);
   });
   // Slots hold disjoint chunks: the max, and on ties the lower index.
   F max_lanes = max_slots[0];
-  F nonfinite_lanes = nonfinite_slots[0];
+  F min_lanes = min_slots[0];
   I arg_lanes = arg_slots[0];
   for (int i = 1; i < kSlots; ++i) {
     if (cost_weight) {
@@ -519,17 +564,18 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
       arg_lanes = select(take, arg_slots[i], arg_lanes);
     }
     max_lanes = max(max_lanes, max_slots[i]);
-    nonfinite_lanes += nonfinite_slots[i];
+    min_lanes = min(min_lanes, min_slots[i]);
   }
   const F m = walk.max_of(max_lanes);
-  const F nonfinite = walk.sum_of(nonfinite_lanes);
-  if (walk.abandon(nonfinite, backprop)) return nonfinite;
+  const F low = walk.min_of(min_lanes);
+  if (walk.abandon(m, low, backprop)) return F(A(NAN));
   const I jhat = cost_weight ? walk.argmax_of(max_lanes, arg_lanes, m) : I(0);
   const F half_max = F(A(0.5)) * m;
   if constexpr (kExpected && !kSparse) walk.prepare_dense_costs(o.weights);
 
   // Pass 2: e_j (kept), the sum split as count (e_j = 1) + rest, the unsmoothed target's
-  // sums, the dense example weight and the expected cost.
+  // sums, the dense example weight and the expected cost. A NaN logit, or +inf (whose
+  // z - max is NaN), makes rest NaN: exp propagates NaN.
   enum { kRest, kCount, kHalfMean, kTSum, kTDot, kWeightSum, kCostSum, kSums };
   auto sums = walk.template sums<kSums>();
   auto cost_of = [&](const auto& ch) -> F {
@@ -545,8 +591,8 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
     const F e = Math::exp(zs);
     walk.keep(0, ch, e);
     const auto top = zs == F(0);
-    walk.add(s, kRest, ch, select(top, F(0), e));
-    walk.add(s, kCount, ch, select(top, F(1), F(0)));
+    walk.add_where(s, kRest, ch, !top, e);
+    walk.add_where(s, kCount, ch, top, F(1));
     if (!kSparse || smooth) {
       const F h = half_shift(z, half_max);
       if (smooth) walk.add(s, kHalfMean, ch, h * inv_c);
@@ -563,6 +609,8 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
 
   const F rest = walk.total(sums, kRest);
   const F count = walk.total(sums, kCount);
+  // 0, or NaN for a row with a NaN or infinite logit (DESIGN 2.4).
+  const F nonfinite = rest * F(0) + (low - low);
   const LogSumExp<F> lse_sum = log_sum_exp_with<Math>(rest, count);
   const F lse = lse_sum.lse;
   const F inv_sum = lse_sum.inv_sum;
@@ -695,8 +743,9 @@ struct BlockSums {
       return;
     }
     enter(row0);
-    lanes = lanes + select(P::first_lanes(rows), P::widen(row_scale) * P::widen(loss),
-                           typename P::W(0));
+    const auto valid = P::first_lanes(rows);
+    lanes = lanes + P::widen(select(valid, row_scale, typename P::F(0))) *
+                        P::widen(select(valid, loss, typename P::F(0)));
   }
   CX_INLINE void flush() {
     if (out != nullptr && block >= 0) out[block] = scale * (P::sum_wide(lanes) + serial);
@@ -768,13 +817,13 @@ CX_INLINE int64_t tile_labels(const SoftmaxProblem<T, A>& p, int64_t row0, int64
     }
   }
   const vi bad = ((v < 0) | (v >= static_cast<int32_t>(p.c))) & ~skip;
-  if (any(Mask{bad})) {
+  if (any(mask_of(bad))) {
     for (int r = 0;; ++r) {
       if (bad[r] != 0) return row0 + r;
     }
   }
   *y = Int(skip ? vi{} : v);
-  *ignored = Mask{skip};
+  *ignored = mask_of(skip);
   return -1;
 }
 
@@ -793,7 +842,7 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   for (int64_t row0 = begin; row0 < end; row0 += W) {
     const int64_t rows = end - row0 < W ? end - row0 : W;
     I y = 0;
-    Mask ignored = {vi{}};
+    Mask ignored = mask_of(vi{});
     if constexpr (Mode::kSparse) {
       const int64_t bad = tile_labels(p, row0, rows, &y, &ignored);
       if (bad >= 0) return bad;
@@ -818,7 +867,7 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
     walk.store(p.backprop + row0 * c, rows);
     if (!any_ignored) continue;
     for (int64_t r = 0; r < rows; ++r) {
-      if (ignored.v[r] == 0) continue;
+      if (!lane_set(ignored, static_cast<int>(r))) continue;
       T* out = p.backprop + (row0 + r) * c;
       for (int64_t j = 0; j < c; ++j) out[j] = T{};
     }
@@ -905,7 +954,7 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
       if constexpr (kFull) {
         sum_lanes += rs * s.loss;
       } else {
-        sum_lanes += select(P::first_lanes(count - i), rs * s.loss, F(0));
+        sum_lanes = add_where(P::first_lanes(count - i), sum_lanes, rs * s.loss);
       }
     }
     if constexpr (kBackprop) {

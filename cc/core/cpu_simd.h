@@ -42,13 +42,37 @@ typedef double vd __attribute__((vector_size(8 * kLanes)));
 typedef int64_t vl __attribute__((vector_size(8 * kLanes)));
 typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));
 
-// Lane masks: all bits set or clear, as GCC's vector comparisons produce them.
+// Lane masks: AVX-512's mask registers, elsewhere all bits set or clear per lane as GCC's
+// vector comparisons produce them.
+#if defined(__AVX512F__)
+struct Mask {
+  __mmask16 k;
+};
+CX_INLINE Mask mask_of(vi v) { return {_mm512_movepi32_mask(reinterpret_cast<__m512i>(v))}; }
+CX_INLINE Mask operator&(Mask a, Mask b) { return {static_cast<__mmask16>(a.k & b.k)}; }
+CX_INLINE Mask operator|(Mask a, Mask b) { return {static_cast<__mmask16>(a.k | b.k)}; }
+CX_INLINE Mask operator!(Mask a) { return {static_cast<__mmask16>(~a.k)}; }
+CX_INLINE bool any(Mask m) { return m.k != 0; }
+CX_INLINE bool lane_set(Mask m, int i) { return ((m.k >> i) & 1) != 0; }
+#else
 struct Mask {
   vi v;
 };
+CX_INLINE Mask mask_of(vi v) { return {v}; }
 CX_INLINE Mask operator&(Mask a, Mask b) { return {a.v & b.v}; }
 CX_INLINE Mask operator|(Mask a, Mask b) { return {a.v | b.v}; }
 CX_INLINE Mask operator!(Mask a) { return {~a.v}; }
+CX_INLINE bool any(Mask m) {
+#if defined(__AVX2__)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i>(m.v), reinterpret_cast<__m256i>(m.v));
+#else
+  int32_t a = 0;
+  for (int i = 0; i < kLanes; ++i) a |= m.v[i];
+  return a != 0;
+#endif
+}
+CX_INLINE bool lane_set(Mask m, int i) { return m.v[i] != 0; }
+#endif
 
 struct Int {
   vi v;
@@ -58,8 +82,6 @@ struct Int {
 };
 CX_INLINE Int operator+(Int a, Int b) { return Int(a.v + b.v); }
 CX_INLINE Int operator*(Int a, Int b) { return Int(a.v * b.v); }
-CX_INLINE Mask operator==(Int a, Int b) { return {a.v == b.v}; }
-CX_INLINE Mask operator<(Int a, Int b) { return {a.v < b.v}; }
 
 struct Float {
   vf v;
@@ -73,29 +95,47 @@ CX_INLINE Float operator*(Float a, Float b) { return Float(a.v * b.v); }
 CX_INLINE Float operator/(Float a, Float b) { return Float(a.v / b.v); }
 CX_INLINE Float operator-(Float a) { return Float(-a.v); }
 CX_INLINE Float& operator+=(Float& a, Float b) { return a = a + b; }
+
+#if defined(__AVX512F__)
+CX_INLINE Mask operator==(Int a, Int b) {
+  return {_mm512_cmpeq_epi32_mask(reinterpret_cast<__m512i>(a.v), reinterpret_cast<__m512i>(b.v))};
+}
+CX_INLINE Mask operator<(Int a, Int b) {
+  return {_mm512_cmplt_epi32_mask(reinterpret_cast<__m512i>(a.v), reinterpret_cast<__m512i>(b.v))};
+}
+CX_INLINE Mask operator>(Float a, Float b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ)}; }
+CX_INLINE Mask operator>=(Float a, Float b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_GE_OQ)}; }
+CX_INLINE Mask operator<(Float a, Float b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ)}; }
+CX_INLINE Mask operator==(Float a, Float b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ)}; }
+CX_INLINE Float select(Mask m, Float a, Float b) { return Float(_mm512_mask_blend_ps(m.k, b.v, a.v)); }
+CX_INLINE Int select(Mask m, Int a, Int b) {
+  return Int(reinterpret_cast<vi>(_mm512_mask_blend_epi32(m.k, reinterpret_cast<__m512i>(b.v),
+                                                          reinterpret_cast<__m512i>(a.v))));
+}
+// acc + v where m is set.
+CX_INLINE Float add_where(Mask m, Float acc, Float v) {
+  return Float(_mm512_mask_add_ps(acc.v, m.k, acc.v, v.v));
+}
+// IEEE max / min of the lanes except that a NaN in b (only) propagates.
+CX_INLINE Float max(Float a, Float b) { return Float(_mm512_max_ps(a.v, b.v)); }
+CX_INLINE Float min(Float a, Float b) { return Float(_mm512_min_ps(a.v, b.v)); }
+#else
+CX_INLINE Mask operator==(Int a, Int b) { return {a.v == b.v}; }
+CX_INLINE Mask operator<(Int a, Int b) { return {a.v < b.v}; }
 CX_INLINE Mask operator>(Float a, Float b) { return {a.v > b.v}; }
 CX_INLINE Mask operator>=(Float a, Float b) { return {a.v >= b.v}; }
 CX_INLINE Mask operator<(Float a, Float b) { return {a.v < b.v}; }
 CX_INLINE Mask operator==(Float a, Float b) { return {a.v == b.v}; }
-
 CX_INLINE Float select(Mask m, Float a, Float b) { return Float(m.v ? a.v : b.v); }
 CX_INLINE Int select(Mask m, Int a, Int b) { return Int(m.v ? a.v : b.v); }
-CX_INLINE Float fabs(Float x) { return Float(__builtin_bit_cast(vf, __builtin_bit_cast(vu, x.v) & 0x7fffffffu)); }
+CX_INLINE Float add_where(Mask m, Float acc, Float v) { return acc + select(m, v, Float(0.0f)); }
 CX_INLINE Float max(Float a, Float b) { return select(a > b, a, b); }
+CX_INLINE Float min(Float a, Float b) { return select(a < b, a, b); }
+#endif
+CX_INLINE Float fabs(Float x) { return Float(__builtin_bit_cast(vf, __builtin_bit_cast(vu, x.v) & 0x7fffffffu)); }
 CX_INLINE vu bits(Float x) { return __builtin_bit_cast(vu, x.v); }
 CX_INLINE Float from_bits(vu u) { return Float(__builtin_bit_cast(vf, u)); }
 CX_INLINE Float to_float(Int i) { return Float(__builtin_convertvector(i.v, vf)); }
-CX_INLINE bool any(Mask m) {
-#if defined(__AVX512F__)
-  return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(m.v), reinterpret_cast<__m512i>(m.v)) != 0;
-#elif defined(__AVX2__)
-  return !_mm256_testz_si256(reinterpret_cast<__m256i>(m.v), reinterpret_cast<__m256i>(m.v));
-#else
-  int32_t a = 0;
-  for (int i = 0; i < kLanes; ++i) a |= m.v[i];
-  return a != 0;
-#endif
-}
 
 CX_INLINE Int iota() {
   vi r;
@@ -264,6 +304,10 @@ CX_INLINE Float reduce_add(Float x) {
   for (int step = kLanes / 2; step > 0; step /= 2) x = x + permute(x, Int(iota().v ^ step));
   return x;
 }
+CX_INLINE Float reduce_min(Float x) {
+  for (int step = kLanes / 2; step > 0; step /= 2) x = min(x, permute(x, Int(iota().v ^ step)));
+  return x;
+}
 CX_INLINE Int reduce_min(Int x) {
   for (int step = kLanes / 2; step > 0; step /= 2) {
     const Int y = permute(x, Int(iota().v ^ step));
@@ -282,9 +326,6 @@ struct Wide {
 CX_INLINE Wide widen(Float x) { return Wide(__builtin_convertvector(x.v, vd)); }
 CX_INLINE Wide operator+(Wide a, Wide b) { return Wide(a.v + b.v); }
 CX_INLINE Wide operator*(Wide a, Wide b) { return Wide(a.v * b.v); }
-CX_INLINE Wide select(Mask m, Wide a, Wide b) {
-  return Wide(__builtin_convertvector(m.v, vl) ? a.v : b.v);
-}
 CX_INLINE double reduce_add(Wide x) {
   vl lane;
   for (int i = 0; i < kLanes; ++i) lane[i] = i;
@@ -297,9 +338,8 @@ CX_INLINE Float narrow(Wide x) { return Float(__builtin_convertvector(x.v, vf));
 // Elementary functions (float packs), vectorizable polynomials.
 
 // exp(x) for x <= 0: Cephes' polynomial on x - n ln2, times 2^n. Results below float's
-// normal range flush to 0 (-inf included), or with AVX-512's scalef round to subnormals. A
-// NaN argument gives an unspecified value: rows with a non-finite logit are made NaN by the
-// callers.
+// normal range flush to 0 (-inf included), or with AVX-512's scalef round to subnormals.
+// NaN gives NaN (the kernels' non-finite check relies on it).
 CX_INLINE Float exp_polynomial(Float r) {
   Float poly = 1.9875691500e-4f;
   poly = poly * r + 1.3981999507e-3f;
@@ -311,7 +351,7 @@ CX_INLINE Float exp_polynomial(Float r) {
 }
 CX_INLINE Float exp_nonpositive(Float x) {
 #if defined(__AVX512F__)
-  const Float clamped = max(x, Float(-104.0f));  // exp(-104) < 2^-150: scalef rounds it to 0
+  const Float clamped = max(Float(-104.0f), x);  // exp(-104) < 2^-150: scalef rounds it to 0
   const Float n(_mm512_roundscale_ps((clamped * 1.44269504088896341f).v,
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const Float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
@@ -432,6 +472,8 @@ CX_INLINE IntD select(bool m, IntD a, IntD b) { return m ? a : b; }
 CX_INLINE double select(bool m, double a, double b) { return m ? a : b; }
 CX_INLINE Dbl fabs(Dbl x) { return std::fabs(x.v); }
 CX_INLINE Dbl max(Dbl a, Dbl b) { return a.v > b.v ? a : b; }
+CX_INLINE Dbl min(Dbl a, Dbl b) { return a.v < b.v ? a : b; }
+CX_INLINE Dbl add_where(bool m, Dbl acc, Dbl v) { return m ? acc + v : acc; }
 
 struct DblMath {
   static CX_INLINE Dbl exp(Dbl x) { return std::exp(x.v); }
@@ -480,6 +522,7 @@ struct Packs<float> {
     return ::costxent::cpu::COSTXENT_CPU_ISA::gather(base, index);
   }
   static CX_INLINE F reduce_max(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_max(x); }
+  static CX_INLINE F reduce_min(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_min(x); }
   static CX_INLINE F reduce_add(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_add(x); }
   static CX_INLINE I reduce_min(I x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_min(x); }
   static CX_INLINE W widen(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::widen(x); }
@@ -506,6 +549,7 @@ struct Packs<double> {
   static CX_INLINE M first_lanes(int64_t n) { return n > 0; }
   static CX_INLINE F gather(const double* base, I index) { return base[index.v]; }
   static CX_INLINE F reduce_max(F x) { return x; }
+  static CX_INLINE F reduce_min(F x) { return x; }
   static CX_INLINE F reduce_add(F x) { return x; }
   static CX_INLINE I reduce_min(I x) { return x; }
   static CX_INLINE W widen(F x) { return x.v; }
