@@ -305,8 +305,21 @@ struct TileChunk {
 // C <= kSmallClasses classes, transposed to [class][row] on load and back on store.
 constexpr int64_t kSmallClasses = 128;
 
-template <typename T, typename A>
-struct TileWalk {
+// A tile's class count: a constant for the few values the kernels specialise, else a member.
+template <int kC>
+struct Classes {
+  static constexpr int64_t c = kC;
+  CX_INLINE explicit Classes(int64_t) {}
+};
+template <>
+struct Classes<0> {
+  int64_t c;
+  CX_INLINE explicit Classes(int64_t classes) : c(classes) {}
+};
+
+template <typename T, typename A, int kC>
+struct TileWalk : Classes<kC> {
+  using Classes<kC>::c;
   using P = Packs<A>;
   using F = typename P::F;
   using I = typename P::I;
@@ -323,7 +336,6 @@ struct TileWalk {
     Mask take[kPairs];
   };
 
-  int64_t c;
   bool shuffled;
   A zt[kSmallClasses][W];
   A tt[kSmallClasses][W];
@@ -332,7 +344,8 @@ struct TileWalk {
   Shuffle to_classes[kShuffleClasses];
   Shuffle to_rows[kShuffleClasses];
 
-  CX_INLINE explicit TileWalk(int64_t classes) : c(classes), shuffled(classes <= kShuffleClasses) {
+  CX_INLINE explicit TileWalk(int64_t classes)
+      : Classes<kC>(classes), shuffled(classes <= kShuffleClasses) {
     if (!shuffled) return;
     // Class j's lane r is flat element r c + j; flat chunk v's lane l is class (vW + l) % c
     // of row (vW + l) / c.
@@ -827,7 +840,7 @@ CX_INLINE int64_t tile_labels(const SoftmaxProblem<T, A>& p, int64_t row0, int64
   return -1;
 }
 
-template <typename Mode, typename T, typename A>
+template <typename Mode, int kC, typename T, typename A>
 int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   using P = Packs<A>;
   using F = typename P::F;
@@ -836,7 +849,7 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   const int64_t c = p.c;
   const Options<T, A> o{c, p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma,
                         p.ce_weight, p.weight_mode, p.weights};
-  TileWalk<T, A> walk(c);
+  TileWalk<T, A, kC> walk(c);
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const bool backprop = p.backprop != nullptr;
   for (int64_t row0 = begin; row0 < end; row0 += W) {
@@ -876,11 +889,26 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   return -1;
 }
 
-// One-lane (float64) problems walk every row alone.
+// One-lane (float64) problems walk every row alone. Plain cross-entropy tiles of 2, 3 or 4
+// classes (binary and the other usual small problems) know C at compile time, so every class
+// loop unrolls (float32 and bfloat16, the types that train; 10-15% per call).
 template <typename Mode, typename T, typename A>
 int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
   if constexpr (Packs<A>::kLanes > 1) {
-    if (p.c <= kSmallClasses) return rows_by_tile<Mode>(p, begin, end);
+    if constexpr (Mode::kKind == SoftmaxLoss::kCrossEntropy && !Mode::kFocal &&
+                  !std::is_same_v<T, f16>) {
+      switch (p.c) {
+        case 2:
+          return rows_by_tile<Mode, 2>(p, begin, end);
+        case 3:
+          return rows_by_tile<Mode, 3>(p, begin, end);
+        case 4:
+          return rows_by_tile<Mode, 4>(p, begin, end);
+        default:
+          break;
+      }
+    }
+    if (p.c <= kSmallClasses) return rows_by_tile<Mode, 0>(p, begin, end);
   }
   return rows_by_row<Mode>(p, begin, end, scratch);
 }
