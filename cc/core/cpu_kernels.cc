@@ -254,12 +254,15 @@ struct RowWalk {
   CX_INLINE F row_table(const A* table, I row, const C& ch) const {
     return class_values(table + static_cast<int64_t>(P::lane0(row)) * c, ch);
   }
-  // table[j * c + col] for the chunk's classes j.
+  // table[j * c + col] for the chunk's classes j where t_j != 0, else 0: a column of a
+  // cost matrix is one cache line per class, read only for the classes a target holds.
   template <typename C>
-  CX_INLINE F column(const A* table, I col, const C& ch) const {
+  CX_INLINE F column(const A* table, I col, const C& ch, F t) const {
+    const auto held = !(t == F(0));
+    if (!any(held)) return F(0);
     A buf[W];
     const A* base = table + P::lane0(col);
-    for (int l = 0; l < W; ++l) buf[l] = ch.j0 + l < c ? base[(ch.j0 + l) * c] : A(0);
+    for (int l = 0; l < W; ++l) buf[l] = lane_set(held, l) ? base[(ch.j0 + l) * c] : A(0);
     return P::load(buf);
   }
   // table[row * c + col] and z_y, broadcast.
@@ -502,8 +505,8 @@ struct TileWalk : Classes<kC> {
     return P::gather(table, row * I(static_cast<int32_t>(c)) + I(static_cast<int32_t>(ch.j)));
   }
   template <typename C>
-  CX_INLINE F column(const A* table, I col, const C& ch) const {
-    return P::gather(table + ch.j * c, col);
+  CX_INLINE F column(const A* table, I col, const C& ch, F t) const {
+    return P::gather_where(table + ch.j * c, col, !(t == F(0)));
   }
   CX_INLINE F lookup(const A* table, I row, I col) const {
     return P::gather(table, row * I(static_cast<int32_t>(c)) + col);
@@ -614,7 +617,7 @@ CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
         walk.add(s, kTSum, ch, t);
         walk.add(s, kTDot, ch, t * h);
         if (class_weight) walk.add(s, kWeightSum, ch, t * walk.class_values(o.weights, ch));
-        if (cost_weight) walk.add(s, kWeightSum, ch, t * walk.column(o.weights, jhat, ch));
+        if (cost_weight) walk.add(s, kWeightSum, ch, t * walk.column(o.weights, jhat, ch, t));
       }
     }
     if constexpr (kExpected) walk.add(s, kCostSum, ch, cost_of(ch) * e);

@@ -262,6 +262,22 @@ CX_INLINE Float gather(const float* base, Int index) {
 #endif
 }
 
+// base[index[i]] where m is set, 0 elsewhere (no load there).
+CX_INLINE Float gather_where(const float* base, Int index, Mask m) {
+#if defined(__AVX512F__)
+  return Float(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m.k,
+                                        reinterpret_cast<__m512i>(index.v), base, 4));
+#elif defined(__AVX2__)
+  return Float(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), base,
+                                        reinterpret_cast<__m256i>(index.v),
+                                        reinterpret_cast<__m256>(m.v), 4));
+#else
+  vf r;
+  for (int i = 0; i < kLanes; ++i) r[i] = m.v[i] != 0 ? base[index.v[i]] : 0.0f;
+  return Float(r);
+#endif
+}
+
 // v[i][l] = v[l][i]: log2(kLanes) stages, each swapping the off-diagonal B x B blocks of
 // vector pairs (i, i + B) with two two-source shuffles per pair.
 template <int B>
@@ -471,6 +487,8 @@ CX_INLINE Dbl select(bool m, Dbl a, Dbl b) { return m ? a : b; }
 CX_INLINE IntD select(bool m, IntD a, IntD b) { return m ? a : b; }
 CX_INLINE double select(bool m, double a, double b) { return m ? a : b; }
 CX_INLINE Dbl fabs(Dbl x) { return std::fabs(x.v); }
+CX_INLINE bool any(bool m) { return m; }
+CX_INLINE bool lane_set(bool m, int) { return m; }
 CX_INLINE Dbl max(Dbl a, Dbl b) { return a.v > b.v ? a : b; }
 CX_INLINE Dbl min(Dbl a, Dbl b) { return a.v < b.v ? a : b; }
 CX_INLINE Dbl add_where(bool m, Dbl acc, Dbl v) { return m ? acc + v : acc; }
@@ -521,6 +539,9 @@ struct Packs<float> {
   static CX_INLINE F gather(const float* base, I index) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::gather(base, index);
   }
+  static CX_INLINE F gather_where(const float* base, I index, M m) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::gather_where(base, index, m);
+  }
   static CX_INLINE F reduce_max(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_max(x); }
   static CX_INLINE F reduce_min(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_min(x); }
   static CX_INLINE F reduce_add(F x) { return ::costxent::cpu::COSTXENT_CPU_ISA::reduce_add(x); }
@@ -548,6 +569,9 @@ struct Packs<double> {
   static CX_INLINE I iota() { return 0; }
   static CX_INLINE M first_lanes(int64_t n) { return n > 0; }
   static CX_INLINE F gather(const double* base, I index) { return base[index.v]; }
+  static CX_INLINE F gather_where(const double* base, I index, M m) {
+    return m ? base[index.v] : 0.0;
+  }
   static CX_INLINE F reduce_max(F x) { return x; }
   static CX_INLINE F reduce_min(F x) { return x; }
   static CX_INLINE F reduce_add(F x) { return x; }
