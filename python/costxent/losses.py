@@ -1,9 +1,10 @@
 """Keras 3 losses on top of the fused cost-sensitive cross-entropy ops.
 
-The classes here only translate Keras conventions (probabilities or logits, labels cast to
-float by ``keras.losses.Loss.__call__``, reductions, ``sample_weight``, masks,
-serialization) onto :mod:`costxent.ops`, which computes the per-example loss and its gradient
-in one fused kernel.
+The classes here only translate Keras conventions (probabilities or logits, reductions,
+``sample_weight``, masks, serialization) onto :mod:`costxent.ops`. Where a gradient is
+recorded, ``__call__`` hands the reduction to the fused reduced op (one pass writes the scalar
+loss and its gradient, class ids stay integers); otherwise ``keras.losses.Loss.__call__``
+reduces the fused op's per-example losses.
 
 Cost matrices follow the convention ``M[true, predicted]``: row = true class, column =
 predicted class. For three classes A, B, C where "a true B predicted as C costs 5, a true B

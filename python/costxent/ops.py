@@ -37,9 +37,6 @@ from costxent._args import WeightLike
 _log = logging.getLogger("costxent")
 _reasons_logged: set[str] = set()
 
-REDUCTIONS = ("sum", "sum_over_batch_size", "mean_with_sample_weight")
-
-
 def _in_xla_context() -> bool:
     if tf.executing_eagerly():
         return False
