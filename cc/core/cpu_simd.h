@@ -405,14 +405,20 @@ CX_INLINE Float log_scaled(Float u, Float exponent) {
   return x + y + k * 0.693359375f;
 }
 
-// log(x) for finite x > 0, subnormals included.
+// log(x) for finite x > 0, subnormals included: AVX-512 splits x into exponent and
+// mantissa in two instructions (getexp, getmant), elsewhere by bits (subnormals rescaled).
 CX_INLINE Float log_positive(Float x) {
+#if defined(__AVX512F__)
+  return log_scaled(Float(_mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero)),
+                    Float(_mm512_getexp_ps(x.v)));
+#else
   const Mask tiny = x < Float(1.17549435e-38f);
   const Float scaled = select(tiny, x * 8388608.0f, x);  // 2^23
   const vu b = bits(scaled);
   const Float exponent = to_float(Int(__builtin_bit_cast(vi, b >> 23) - 127)) -
                          select(tiny, Float(23.0f), Float(0.0f));
   return log_scaled(from_bits((b & 0x7fffffu) | 0x3f800000u), exponent);
+#endif
 }
 
 // 1 / x for x >= 1 (finite) to float precision: AVX-512's 14-bit estimate and one Newton
