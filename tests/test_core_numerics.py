@@ -354,3 +354,58 @@ def test_instruction_set_matches_the_cpu() -> None:
     if cap is not None and order.index(cap) < order.index(best):
         best = cap
     assert _core.cpu_instruction_set() == best
+
+
+# ---------------------------------------------------------------------------------------
+# bfloat16 (NumPy has none, so through the TensorFlow op when it is built): every kernel
+# path, and a gradient within half a bfloat16 ulp of the exact one (rounded once).
+
+
+def fused_ops():
+    tf = pytest.importorskip("tensorflow")
+    from costxent import ops
+
+    if ops.implementation() != "fused-cpu":
+        pytest.skip(f"the fused CPU op is not in use ({ops.implementation()})")
+    return tf, ops
+
+
+@pytest.mark.parametrize("c", [2, 3, 4, 5, 9, 17, 128, 129, 1100])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("mode", ["plain", "class", "cost", "smooth"])
+def test_bfloat16_paths_round_the_exact_gradient_once(c: int, dense: bool, mode: str) -> None:
+    tf, ops = fused_ops()
+    import ml_dtypes
+
+    rng = rng_for("bf16-paths", c, dense, mode)
+    n = 37
+    logits = rng.normal(0, 2, size=(n, c)).astype(ml_dtypes.bfloat16).astype(np.float64)
+    ids = rng.integers(0, c, size=n)
+    labels = np.eye(c)[ids] if dense else ids
+    kwargs: dict = {}
+    if mode == "class":
+        kwargs["class_weight"] = rng.uniform(0.5, 2, size=c).astype(np.float32)
+    if mode == "cost":
+        kwargs["cost_matrix"] = rng.uniform(0, 3, size=(c, c)).astype(np.float32)
+    if mode == "smooth":
+        kwargs["label_smoothing"] = 0.1
+    z = tf.constant(logits, tf.bfloat16)
+    y = tf.constant(labels, tf.bfloat16) if dense else tf.constant(labels, tf.int32)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        loss = ops.softmax_cross_entropy(y, z, **kwargs)
+        total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, z)
+    want, want_grad = oracle.softmax_cross_entropy(
+        labels, logits,
+        class_weight=kwargs.get("class_weight"),
+        cost_matrix=kwargs.get("cost_matrix"),
+        label_smoothing=kwargs.get("label_smoothing", 0.0),
+    )
+    assert grad.dtype == tf.bfloat16
+    np.testing.assert_allclose(loss.numpy(), want, rtol=2e-6)
+    got = tf.cast(grad, tf.float64).numpy()
+    half_ulp_bf16 = 0.5 * np.exp2(np.floor(np.log2(np.maximum(np.abs(want_grad), 1e-38))) - 7)
+    # Plus float32 arithmetic on the terms p_j and ts_j, which cancel where p_j ~ eps / C.
+    terms = np.abs(want_grad) + 2 * kwargs.get("label_smoothing", 0.0) / c
+    assert np.all(np.abs(got - want_grad) <= half_ulp_bf16 * 1.01 + 1e-6 * terms)
