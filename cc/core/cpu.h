@@ -34,7 +34,8 @@ double softmax_row_cycles(int64_t c, bool dense, bool focal);
 double sigmoid_element_cycles(bool focal);
 
 // The instruction set the dispatcher picked at first use: "avx512" (F, BW, DQ, VL with AVX2,
-// FMA, F16C), "avx2-fma" (with F16C) or "baseline".
+// FMA, F16C; bfloat16 gradients converted by AVX512-BF16 where the CPU has it), "avx2-fma"
+// (with F16C) or "baseline".
 const char* instruction_set();
 
 }  // namespace cpu

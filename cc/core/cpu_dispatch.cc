@@ -11,13 +11,14 @@ COSTXENT_DECLARE_CPU_ISA(baseline)
 #if defined(COSTXENT_HAVE_X86_ISAS)
 COSTXENT_DECLARE_CPU_ISA(avx2)
 COSTXENT_DECLARE_CPU_ISA(avx512)
+COSTXENT_DECLARE_CPU_ISA(avx512bf16)
 #endif
 
 namespace costxent {
 namespace cpu {
 namespace {
 
-enum class Isa { kBaseline, kAvx2, kAvx512 };
+enum class Isa { kBaseline, kAvx2, kAvx512, kAvx512Bf16 };
 
 // The features each build is compiled for (CMakeLists.txt); GCC's checks include the OS
 // support (XSAVE state) of the AVX and AVX-512 registers.
@@ -27,19 +28,21 @@ Isa pick_isa() {
                     __builtin_cpu_supports("f16c");
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   if (avx2) return Isa::kAvx2;
 #endif
   return Isa::kBaseline;
 }
 
-// COSTXENT_CPU_ISA=baseline|avx2 caps the choice (to test each build on one machine).
+// COSTXENT_CPU_ISA=baseline|avx2|avx512 caps the choice (to test each build on one machine).
 Isa capped(Isa best) {
   const char* cap = std::getenv("COSTXENT_CPU_ISA");
   if (cap == nullptr) return best;
-  if (std::strcmp(cap, "baseline") == 0) return Isa::kBaseline;
-  if (std::strcmp(cap, "avx2") == 0 && best == Isa::kAvx512) return Isa::kAvx2;
-  return best;
+  const Isa limit = std::strcmp(cap, "baseline") == 0 ? Isa::kBaseline
+                    : std::strcmp(cap, "avx2") == 0   ? Isa::kAvx2
+                    : std::strcmp(cap, "avx512") == 0 ? Isa::kAvx512
+                                                      : best;
+  return limit < best ? limit : best;
 }
 
 Isa isa() {
@@ -51,10 +54,11 @@ Isa isa() {
 
 #if defined(COSTXENT_HAVE_X86_ISAS)
 // Calls FN<T, A> of the chosen build.
-#define COSTXENT_DISPATCH(FN, ...)                                 \
-  (isa() == Isa::kAvx512 ? avx512::FN<T, A>(__VA_ARGS__)          \
-   : isa() == Isa::kAvx2 ? avx2::FN<T, A>(__VA_ARGS__)            \
-                         : baseline::FN<T, A>(__VA_ARGS__))
+#define COSTXENT_DISPATCH(FN, ...)                                     \
+  (isa() == Isa::kAvx512Bf16 ? avx512bf16::FN<T, A>(__VA_ARGS__)      \
+   : isa() == Isa::kAvx512   ? avx512::FN<T, A>(__VA_ARGS__)          \
+   : isa() == Isa::kAvx2     ? avx2::FN<T, A>(__VA_ARGS__)            \
+                             : baseline::FN<T, A>(__VA_ARGS__))
 #else
 // Calls FN<T, A> of the chosen build.
 #define COSTXENT_DISPATCH(FN, ...) baseline::FN<T, A>(__VA_ARGS__)
@@ -107,6 +111,7 @@ double sigmoid_element_cycles(bool focal) { return focal ? 80.0 : 8.0; }
 
 const char* instruction_set() {
   switch (isa()) {
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:

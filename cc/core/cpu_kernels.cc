@@ -24,6 +24,9 @@
 #include "cc/core/row_math.h"
 
 COSTXENT_DECLARE_CPU_ISA(COSTXENT_CPU_ISA)
+#if defined(COSTXENT_CPU_FORWARD_ISA)
+COSTXENT_DECLARE_CPU_ISA(COSTXENT_CPU_FORWARD_ISA)
+#endif
 
 namespace costxent {
 namespace cpu {
@@ -1124,7 +1127,37 @@ void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t 
   template int64_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>&, int64_t, int64_t, A*); \
   template void scale_rows<T, A>(const T*, const A*, T*, int64_t, int64_t, int64_t);      \
   template void scale_elements<T, A>(const T*, const A*, T*, int64_t, int64_t);
+#if defined(COSTXENT_CPU_FORWARD_ISA)
+// A build that differs only for bfloat16 (AVX512-BF16's conversion): the other types run
+// COSTXENT_CPU_FORWARD_ISA's kernels.
+COSTXENT_INSTANTIATE(bf16, float)
+#define COSTXENT_FORWARD(T, A)                                                              \
+  template <>                                                                               \
+  int64_t softmax_rows<T, A>(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,      \
+                             A* scratch) {                                                  \
+    return COSTXENT_CPU_FORWARD_ISA::softmax_rows<T, A>(p, begin, end, scratch);             \
+  }                                                                                         \
+  template <>                                                                               \
+  int64_t sigmoid_elements<T, A>(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end,  \
+                                 A* scratch) {                                              \
+    return COSTXENT_CPU_FORWARD_ISA::sigmoid_elements<T, A>(p, begin, end, scratch);         \
+  }                                                                                         \
+  template <>                                                                               \
+  void scale_rows<T, A>(const T* in, const A* scale, T* out, int64_t c, int64_t begin,       \
+                        int64_t end) {                                                      \
+    COSTXENT_CPU_FORWARD_ISA::scale_rows<T, A>(in, scale, out, c, begin, end);               \
+  }                                                                                         \
+  template <>                                                                               \
+  void scale_elements<T, A>(const T* in, const A* scale, T* out, int64_t begin, int64_t end) { \
+    COSTXENT_CPU_FORWARD_ISA::scale_elements<T, A>(in, scale, out, begin, end);              \
+  }
+COSTXENT_FORWARD(f16, float)
+COSTXENT_FORWARD(float, float)
+COSTXENT_FORWARD(double, double)
+#undef COSTXENT_FORWARD
+#else
 COSTXENT_FOR_EACH_TYPE_PAIR(COSTXENT_INSTANTIATE)
+#endif
 #undef COSTXENT_INSTANTIATE
 
 }  // namespace COSTXENT_CPU_ISA

@@ -180,9 +180,20 @@ CX_INLINE vh bf16_bits(Float x) {
   return __builtin_convertvector(nan ? quiet : rounded, vh);
 }
 
+#if defined(__AVX512BF16__)
+// AVX512-BF16 rounds to nearest even in one instruction but flushes subnormal inputs to
+// zero: a vector holding one takes the exact path.
+CX_INLINE vh bf16_bits_fast(Float x) {
+  if (_mm512_fpclass_ps_mask(x.v, 0x20) != 0) return bf16_bits(x);
+  return reinterpret_cast<vh>(_mm512_cvtneps_pbh(x.v));
+}
+#else
+CX_INLINE vh bf16_bits_fast(Float x) { return bf16_bits(x); }
+#endif
+
 CX_INLINE void store(float* p, Float x) { memcpy(p, &x.v, sizeof x.v); }
 CX_INLINE void store(bf16* p, Float x) {
-  const vh h = bf16_bits(x);
+  const vh h = bf16_bits_fast(x);
   memcpy(p, &h, sizeof h);
 }
 CX_INLINE void store(f16* p, Float x) {
@@ -222,7 +233,7 @@ CX_INLINE void store_first(float* p, Float x, int64_t count) {
   _mm512_mask_storeu_ps(p, first_mask(count), x.v);
 }
 CX_INLINE void store_first(bf16* p, Float x, int64_t count) {
-  _mm256_mask_storeu_epi16(p, first_mask(count), __builtin_bit_cast(__m256i, bf16_bits(x)));
+  _mm256_mask_storeu_epi16(p, first_mask(count), __builtin_bit_cast(__m256i, bf16_bits_fast(x)));
 }
 CX_INLINE void store_first(f16* p, Float x, int64_t count) {
   _mm256_mask_storeu_epi16(p, first_mask(count),
