@@ -36,9 +36,8 @@ namespace {
 // Chunks summed in float before a sum moves into its double accumulator: 64 terms per lane.
 constexpr int64_t kSumBlock = 64;
 
-template <typename T, typename A>
+template <typename A>
 struct Options {
-  int64_t c;
   A eps;
   A inv_c;
   A gamma;
@@ -534,8 +533,8 @@ struct TileWalk : Classes<kC> {
 // The softmax losses of one walker's rows (DESIGN 2.1, 2.2): returns the per-row loss and,
 // when backprop, writes out_scale * d loss / d z through the walker. y: sparse labels
 // (valid classes). A row with a non-finite logit gives NaN throughout (DESIGN 2.4).
-template <typename Mode, typename Walk, typename T, typename A>
-CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<T, A>& o,
+template <typename Mode, typename Walk, typename A>
+CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<A>& o,
                                        typename Walk::F out_scale, typename Walk::I y,
                                        bool backprop) {
   using P = typename Walk::P;
@@ -777,8 +776,8 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
   using F = typename P::F;
   using I = typename P::I;
   const int64_t c = p.c;
-  const Options<T, A> o{c, p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma,
-                        p.ce_weight, p.weight_mode, p.weights};
+  const Options<A> o{p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma, p.ce_weight,
+                     p.weight_mode, p.weights};
   const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
   RowWalk<T, A> walk{c, nullptr, nullptr, nullptr, {scratch, scratch + stride}};
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
@@ -869,8 +868,8 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   using I = typename P::I;
   constexpr int W = P::kLanes;
   const int64_t c = p.c;
-  const Options<T, A> o{c, p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma,
-                        p.ce_weight, p.weight_mode, p.weights};
+  const Options<A> o{p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma, p.ce_weight,
+                     p.weight_mode, p.weights};
   TileWalk<T, A, kC> walk(c);
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const bool backprop = p.backprop != nullptr;

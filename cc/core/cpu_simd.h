@@ -359,7 +359,6 @@ CX_INLINE double reduce_add(Wide x) {
   for (int step = kLanes / 2; step > 0; step /= 2) x = x + Wide(__builtin_shuffle(x.v, lane ^ step));
   return x.v[0];
 }
-CX_INLINE Float narrow(Wide x) { return Float(__builtin_convertvector(x.v, vf)); }
 
 // ---------------------------------------------------------------------------------------
 // Elementary functions (float packs), vectorizable polynomials.
