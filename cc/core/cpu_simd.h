@@ -1,6 +1,7 @@
 // The CPU kernels' vector layer: a pack of kLanes floats (16 with AVX-512, 8 with AVX2, 4
-// otherwise) as a GCC/Clang vector type behind small structs, so row_math.h's templates run
-// on packs unchanged, plus a one-lane double "pack" over libm for float64 problems.
+// otherwise: SSE2 or NEON) as a GCC vector-extension type behind small structs, so
+// row_math.h's templates run on packs unchanged, plus a one-lane double "pack" over libm for
+// float64 problems. GCC's __builtin_shuffle and vector ?: are used (GCC >= 11).
 //
 // Included only by cpu_kernels.cc, inside its instruction-set namespace's build: every
 // function here is always_inline and every type lives in COSTXENT_CPU_ISA, so no code
