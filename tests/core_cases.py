@@ -79,20 +79,38 @@ def acc_dtype(dtype: str) -> str:
     return "float64" if dtype == "float64" else "float32"
 
 
-# (rtol, atol as a fraction of the largest expected magnitude) per dtype of the compared
-# output: the loss is in the arithmetic dtype, the gradient in the logits' dtype.
+# Per dtype of the compared output (the loss is in the arithmetic dtype, the gradient in the
+# logits'): (rtol of the float32 / float64 arithmetic, relative to the terms that sum to a
+# value; atol as a fraction of the largest expected magnitude). Every output is also allowed
+# ROUNDING_ULPS spacings of its own dtype at the expected value: a float16 / bfloat16
+# gradient is a float32 value rounded once, so half a spacing of the output dtype is its
+# floor (below the smallest normal, the subnormal spacing: 2^-24 in float16), and no
+# fraction of the largest magnitude can stand in for it.
 TOLERANCE = {
-    "float16": (2e-3, 1e-6),
-    "bfloat16": (1e-2, 1e-6),
+    "float16": (3e-5, 0.0),
+    "bfloat16": (3e-5, 0.0),
     "float32": (3e-5, 1e-6),
     "float64": (1e-10, 1e-13),
 }
+ROUNDING_ULPS = 1.0
+# (explicit mantissa bits, smallest normal exponent) of each float dtype.
+_FORMAT = {"float16": (10, -14), "bfloat16": (7, -126), "float32": (23, -126), "float64": (52, -1022)}
+
+
+def spacing(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The distance between adjacent `dtype` values at |x| (the subnormal spacing below the
+    smallest normal), as float64: one ulp of `dtype`, whether or not x is representable."""
+    mantissa, min_exponent = _FORMAT[dtype]
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    _, exponent = np.frexp(x)  # x = f 2^e, f in [0.5, 1); 0 gives e = 0
+    return np.ldexp(1.0, np.maximum(np.where(x == 0, min_exponent, exponent - 1), min_exponent) - mantissa)
 
 
 def assert_close(
     name: str, got: np.ndarray, want: np.ndarray, dtype: str, terms: np.ndarray | None = None
 ) -> None:
-    """Element-wise |got - want| <= atol + rtol max(|want|, terms), NaN exactly where want is.
+    """Element-wise |got - want| <= atol + rtol max(|want|, terms) + ROUNDING_ULPS
+    spacing(want, dtype), NaN exactly where want is (infinities must match exactly).
 
     terms: the magnitude of the terms that sum to each value, where they can cancel (a
     float32 sum of terms of size T is only good to about eps T, however small the sum).
@@ -109,8 +127,11 @@ def assert_close(
     rtol, atol_fraction = TOLERANCE[dtype]
     finite = want[~nan_want]
     atol = atol_fraction * (float(np.max(np.abs(finite))) if finite.size else 0.0)
-    err = np.where(nan_want, 0.0, np.abs(got - want))
-    bound = atol + rtol * np.where(nan_want, 0.0, size)
+    with np.errstate(invalid="ignore"):  # inf - inf: exactly equal infinities are no error
+        err = np.where(nan_want | (got == want), 0.0, np.abs(got - want))
+    bound = atol + rtol * np.where(nan_want, 0.0, size) + ROUNDING_ULPS * np.where(
+        nan_want | np.isinf(want), 0.0, spacing(np.where(np.isfinite(want), want, 0.0), dtype)
+    )
     bad = err > bound
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -118,8 +139,9 @@ def assert_close(
         raise AssertionError(
             f"{name} ({dtype}): {int(bad.sum())} of {bad.size} elements off; first at {idx}: "
             f"got {got[idx]!r}, expected {want[idx]!r}; worst at {worst}: got {got[worst]!r}, "
-            f"expected {want[worst]!r} (rtol {rtol}, atol {atol:.3g})"
+            f"expected {want[worst]!r} (rtol {rtol}, atol {atol:.3g}, {ROUNDING_ULPS} {dtype} ulp)"
         )
+
 
 
 # Loss configurations: keyword arguments of _core.softmax_loss (without the arrays); the
@@ -218,7 +240,9 @@ def _labels(kind: str, n: int, c: int, rng: np.random.Generator, dtype: str) -> 
     if kind in ("int32", "int64"):
         return rng.integers(0, c, size=n).astype(kind)
     if kind == "onehot":
-        return np.eye(c)[rng.integers(0, c, size=n)]
+        t = np.zeros((n, c))  # not np.eye(c)[ids]: C x C float64 is 128 GiB at C = 2^17
+        t[np.arange(n), rng.integers(0, c, size=n)] = 1.0
+        return t
     raw = rng.random((n, c)) ** 4  # skewed soft rows, with many near-zero entries
     raw[:, rng.integers(0, c)] = 0.0  # and an exact zero column
     return round_to(raw / raw.sum(axis=1, keepdims=True), dtype)
@@ -239,16 +263,19 @@ def softmax_case(
     """A random problem for `mode` with `kind` labels, and its oracle.
 
     nonfinite_rows: a NaN, +inf and -inf logit in rows 1, 2, 3, which every kernel answers
-    with NaN loss and gradient rows; bad_labels: (sparse) labels C and -1 in rows 4 and 5,
-    which the GPU kernel answers the same way. Ignored rows are the last two, so n >= 9.
+    with NaN loss and gradient rows, unless the row's label is ignore_class (then loss 0 and a
+    zero gradient row, as for any ignored row: with ignore_class a NaN logit is also put in
+    the last row, which is ignored); bad_labels: (sparse) labels C and -1 in rows 4 and 5,
+    which the GPU kernel answers with NaN rows. Ignored rows are the last two, so n >= 9.
     """
     kwargs = dict(MODES[mode])
     logits = round_to(rng.normal(0.0, scale, size=(n, c)), dtype)
     if c > 3:  # exact ties for the cost-weight argmax: the lowest index wins
         logits[0, 1] = logits[0, 3] = round_to(np.max(logits[0]) + 1.0, dtype)
     labels = _labels(kind, n, c, rng, dtype)
-    if "ignore_class" in kwargs:
-        labels[-2:] = kwargs["ignore_class"]
+    ignore = kwargs.get("ignore_class")
+    if ignore is not None:
+        labels[-2:] = ignore
     acc = acc_dtype(dtype)
     weights = None
     wk = weights_kind(mode)
@@ -260,20 +287,26 @@ def softmax_case(
         weights = round_to(rng.uniform(low, 5.0, size=(c, c)), acc)
         np.fill_diagonal(weights, 0.0)
 
-    good = np.ones(n, dtype=bool)
-    nan_rows: list[int] = []
     if nonfinite_rows or bad_labels:
         assert n >= 9, "bad rows take rows 1 to 5, and ignored rows the last two"
+    nonfinite: list[int] = []
     if nonfinite_rows:
         logits[1, c // 2] = np.nan
         logits[2, 0] = np.inf
         logits[3, c - 1] = -np.inf
-        nan_rows += [1, 2, 3]
+        nonfinite += [1, 2, 3]
+        if ignore is not None:
+            logits[-1, c // 3] = np.nan
+            nonfinite.append(n - 1)
+    ignored = labels == ignore if ignore is not None else np.zeros(n, dtype=bool)
+    nan_rows = [r for r in nonfinite if not ignored[r]]
+    zero_rows = [r for r in nonfinite if ignored[r]]
     if bad_labels and labels.dtype.kind == "i":
         labels[4] = c
         labels[5] = -1
         nan_rows += [4, 5]
-    good[nan_rows] = False
+    good = np.ones(n, dtype=bool)
+    good[nan_rows + zero_rows] = False
 
     loss = np.full(n, np.nan)
     grad = np.full((n, c), np.nan)
@@ -299,6 +332,8 @@ def softmax_case(
         )
     loss[good] = lo
     grad[good] = gr
+    loss[zero_rows] = 0.0
+    grad[zero_rows] = 0.0
     return SoftmaxCase(
         dtype, logits, labels, weights, kwargs, loss, grad, loss_terms, grad_terms, nan_rows
     )
