@@ -71,7 +71,8 @@ def model_plan(dtype: str, c: int) -> Plan:
 
 def core_plan(core: Any, dtype: str, c: int) -> Plan:
     """_core.launch_plan(dtype, c) as a Plan. It may return a dict or an object; the keys
-    read are regime, then threads or block, cluster or clusters, slots (defaults: 1)."""
+    read are regime, then threads, block, width or lanes, cluster or clusters, slots
+    (defaults: 1)."""
     raw = core.launch_plan(dtype, c)
     get = raw.get if isinstance(raw, dict) else (lambda k, d=None: getattr(raw, k, d))
 
@@ -84,7 +85,7 @@ def core_plan(core: Any, dtype: str, c: int) -> Plan:
 
     return Plan(
         str(get("regime")),
-        first("threads", "block", "width"),
+        first("threads", "block", "width", "lanes"),
         first("cluster", "clusters"),
         first("slots"),
     )
