@@ -91,9 +91,12 @@ if [ -z "${COSTXENT_CORE:-}" ]; then
     fail "build (see build.log)"
     exit 1
   fi
-  # Kernels that spill registers (ptxas -v), for the log's reader.
+  # Kernels that spill registers (ptxas -v), demangled where c++filt is there.
+  demangle=cat
+  command -v c++filt >/dev/null && demangle=c++filt
   awk -F"'" '/Compiling entry function/ { name = $2 }
              /spill stores/ && !/ 0 bytes spill stores/ { print name ": " $0 }' "$OUT/build.log" |
+    $demangle | sed -E 's/\(costxent::(Softmax|Sigmoid)Problem.*\)//; s/costxent::(cuda::\(anonymous namespace\)::)?//g' |
     tee -a "$RUN_LOG"
   COSTXENT_CORE=$(ls "$BUILD"/_core*.so | head -n 1)
 else
