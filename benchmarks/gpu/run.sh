@@ -19,7 +19,8 @@
 #   bench_gpu.md       its table, likewise
 #   ncu.csv            Nsight Compute: bytes, instructions, occupancy of 12 launches
 #   sanitizer.log      compute-sanitizer memcheck and racecheck on one launch per regime
-# Exits non-zero if the build, a test or another step failed. The build stays in $COSTXENT_GPU_BUILD for
+# STEPS (default smoke,tests,bench,ncu,sanitizer) chooses the GPU steps, e.g. STEPS=bench,ncu for
+# a second call. Exits non-zero if the build, a test or another step failed. The build stays in $COSTXENT_GPU_BUILD for
 # a later call on a warm machine (set COSTXENT_CORE to skip the build).
 # Never changes clocks, power or modes: ncu runs with --clock-control none.
 set -uo pipefail
@@ -30,6 +31,7 @@ OUT="${OUT:-build/gpu-run}"
 BUILD="${COSTXENT_GPU_BUILD:-/tmp/costxent-gpu-build}"
 DEADLINE_S="${DEADLINE_S:-$([ "$step" = dry ] && echo 3600 || echo 450)}"
 PYTHON="${PYTHON:-$(command -v python3)}"
+STEPS="${STEPS:-smoke,tests,bench,ncu,sanitizer}" # the GPU steps to run, after build and plan
 mkdir -p "$OUT"
 RUN_LOG="$OUT/run.log"
 export COSTXENT_FAILURES="$OUT/failures.txt"
@@ -41,6 +43,7 @@ START=$SECONDS
 log() { echo "[run.sh $(date +%T) +$((SECONDS - START))s] $*" | tee -a "$RUN_LOG"; }
 fail() { echo "STEP $*" >>"$COSTXENT_FAILURES"; log "FAILED: $*"; }
 left() { echo $((DEADLINE_S - (SECONDS - START))); }
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 # cap SECONDS RESERVE: a step's timeout, at most SECONDS and leaving RESERVE for later steps.
 cap() {
   local t=$(($(left) - $2))
@@ -106,7 +109,7 @@ export COSTXENT_CORE
 log "core: $COSTXENT_CORE"
 
 # 2. The launch plan (no GPU needed for the model).
-run_step "launch plan" 30 300 "$PYTHON" benchmarks/gpu/launches.py plan "$OUT/launch_plan.json" || status=1
+run_step "launch plan" 30 0 "$PYTHON" benchmarks/gpu/launches.py plan "$OUT/launch_plan.json" || status=1
 
 if [ "$step" = dry ]; then
   export COSTXENT_GPU_HARNESS=perfect
@@ -125,15 +128,15 @@ workers=()
 "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n 8)
 timeouts=()
 "$PYTHON" -c "import pytest_timeout" 2>/dev/null && timeouts=(--timeout=120)
-run_step "smoke tests" 40 280 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -m smoke -rf \
-  ${timeouts[@]+"${timeouts[@]}"} || tests_rc=1
-run_step "tests/gpu" 150 140 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -rf --tb=short \
-  ${workers[@]+"${workers[@]}"} ${timeouts[@]+"${timeouts[@]}"} || tests_rc=1
+want smoke && { run_step "smoke tests" 40 280 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider \
+  -m smoke -rf ${timeouts[@]+"${timeouts[@]}"} || tests_rc=1; }
+want tests && { run_step "tests/gpu" 150 140 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -rf \
+  --tb=short ${workers[@]+"${workers[@]}"} ${timeouts[@]+"${timeouts[@]}"} || tests_rc=1; }
 
 # 4. Benchmark: rows until its own deadline, leaving time for the tools.
 bench_s=$(cap 150 90)
-run_step "benchmark" $((bench_s + 20)) 65 "$PYTHON" benchmarks/gpu/bench_gpu.py --out "$OUT" \
-  --deadline-s "$bench_s" || status=1
+want bench && { run_step "benchmark" $((bench_s + 20)) 65 "$PYTHON" benchmarks/gpu/bench_gpu.py \
+  --out "$OUT" --deadline-s "$bench_s" || status=1; }
 
 # 5. Nsight Compute over 12 launches (only the costxent softmax kernels are profiled).
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum
@@ -141,7 +144,9 @@ metrics+=,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_li
 metrics+=,launch__registers_per_thread,launch__block_size,launch__grid_size
 metrics+=,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__shared_mem_per_block_static
 ncu_args=(--clock-control none --csv --kernel-name regex:softmax_kernel --launch-count 12)
-if command -v ncu >/dev/null; then
+if ! want ncu; then
+  echo "not run: STEPS=$STEPS" >"$OUT/ncu.csv"
+elif command -v ncu >/dev/null; then
   if ! STEP_STDOUT="$OUT/ncu.csv" run_step "ncu" 45 30 ncu "${ncu_args[@]}" --metrics "$metrics" \
     "$PYTHON" benchmarks/gpu/launches.py shapes; then
     STEP_STDOUT="$OUT/ncu.csv" run_step "ncu (default sections)" 45 25 ncu "${ncu_args[@]}" \
@@ -153,7 +158,9 @@ else
 fi
 
 # 6. compute-sanitizer on one small launch per mode kind, dtype and regime.
-if command -v compute-sanitizer >/dev/null; then
+if ! want sanitizer; then
+  echo "not run: STEPS=$STEPS" >"$OUT/sanitizer.log"
+elif command -v compute-sanitizer >/dev/null; then
   : >"$OUT/sanitizer.log"
   for tool in memcheck racecheck; do
     reserve=$([ $tool = memcheck ] && echo 30 || echo 0)
