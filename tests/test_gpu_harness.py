@@ -107,3 +107,17 @@ def test_run_sh_dry_run_writes_every_file(tmp_path: Path) -> None:
     first = rows[0]  # float32, C = 2, N * C = 2^26
     assert first["bytes_moved"] == 2 * 4 * 2**26 + 8 * 2**25  # logits, gradient; labels, loss
     assert "| float32 | 2 | 33554432 |" in (tmp_path / "bench_gpu.md").read_text()
+
+
+@pytest.mark.parametrize("fault", ["unwritten", "ulps", "ignored_nan"])
+def test_the_suite_catches_an_imperfect_kernel(tmp_path: Path, fault: str) -> None:
+    """tests/gpu fails, and appends the failure to $COSTXENT_FAILURES, when the perfect
+    kernel is given a defect (harness.py's COSTXENT_PERFECT_FAULT)."""
+    failures = tmp_path / "failures.txt"
+    env = dict(os.environ, COSTXENT_GPU_HARNESS="perfect", COSTXENT_PERFECT_FAULT=fault,
+               COSTXENT_FAILURES=str(failures))
+    node = "tests/gpu/test_core_cuda.py::test_softmax_matches_oracle[ignore-int32-float16-2]"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert failures.read_text().startswith(f"FAILED {node} (call): AssertionError")

@@ -27,6 +27,10 @@ import core_cases
 import oracle
 
 MODE_VARIABLE = "COSTXENT_GPU_HARNESS"
+# A deliberate defect of the perfect kernel, for tests of the harness: "unwritten" (the last
+# gradient column), "ulps" (one gradient element 3 spacings off), "ignored_nan" (ignored rows
+# with a non-finite logit answered with NaN).
+FAULT_VARIABLE = "COSTXENT_PERFECT_FAULT"
 
 
 def _cuda_unavailable() -> str | None:
@@ -171,10 +175,13 @@ def _array(a: Any) -> np.ndarray:
     return a if a.dtype.kind in "iu" else a.astype(np.float64)
 
 
+def _dtype_name(a: np.ndarray) -> str:
+    return str(a.dtype)  # ml_dtypes' bfloat16 prints as "bfloat16"
+
+
 def _store(out: np.ndarray, values: np.ndarray) -> None:
     """Writes float64 values into out, rounded once to its dtype (bfloat16 included)."""
-    dtype = "bfloat16" if str(out.dtype) == "bfloat16" else str(out.dtype)
-    out[...] = core_cases.round_to(values, dtype).reshape(out.shape).astype(out.dtype)
+    out[...] = core_cases.round_to(values, _dtype_name(out)).reshape(out.shape).astype(out.dtype)
 
 
 class PerfectCore:
@@ -213,9 +220,16 @@ class PerfectCore:
                     cost_matrix=w if w is not None and w.ndim == 2 else None,
                     label_smoothing=label_smoothing, focal_gamma=focal_gamma)
             out_loss[ok], out_grad[ok] = lo, gr
+        fault = os.environ.get(FAULT_VARIABLE, "")
+        if fault == "ulps" and ok.any():
+            r = int(np.flatnonzero(ok)[0])
+            out_grad[r, 0] += 3 * core_cases.spacing(out_grad[r, 0], _dtype_name(backprop))
+        if fault == "ignored_nan":
+            out_loss[ignored & ~np.isfinite(z).all(axis=1)] = np.nan
         _store(loss, out_loss)
         if compute_backprop and backprop is not None:
-            _store(backprop, out_grad)
+            columns = slice(None, -1) if fault == "unwritten" else slice(None)
+            _store(backprop[:, columns], out_grad[:, columns])
             return loss, backprop
         return loss, None
 

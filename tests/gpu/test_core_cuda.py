@@ -293,7 +293,7 @@ def test_classes_beyond_the_limit_are_refused(core, arrays) -> None:
 _SIGMOID_CLASSES = [1, 7, 33, 1000]
 
 
-@pytest.mark.parametrize("c", _SIGMOID_CLASSES)
+@pytest.mark.parametrize("c", [pytest.param(c, marks=[pytest.mark.smoke] if c == 33 else []) for c in _SIGMOID_CLASSES])
 @pytest.mark.parametrize("dtype", core_cases.DTYPES)
 @pytest.mark.parametrize("mode", list(core_cases.SIGMOID_MODES))
 def test_sigmoid_matches_oracle(core, arrays, mode: str, dtype: str, c: int) -> None:
@@ -321,7 +321,7 @@ def test_sigmoid_matches_oracle(core, arrays, mode: str, dtype: str, c: int) -> 
         backprop.check_guards("backprop")
 
 
-@pytest.mark.parametrize("value", [1.0, 0.37, -2.0])
+@pytest.mark.parametrize("value", [1.0, pytest.param(0.37, marks=pytest.mark.smoke), -2.0])
 @pytest.mark.parametrize("dtype", core_cases.DTYPES)
 def test_scale_gradient(core, arrays, dtype: str, value: float) -> None:
     """The reduced losses' backward: grad * upstream scalar (read on the device), in place or
