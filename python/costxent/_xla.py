@@ -1,9 +1,10 @@
 """Whether XLA can compile the fused ops in this process.
 
-XLA registers its compilation kernels once, at the first ``jit_compile`` compilation of the
-process, from the op libraries loaded by then. An op library loaded later (``import
-costxent`` after some XLA-compiled code ran) has no XLA kernels, and XLA would reject every
-graph holding a fused op. TensorFlow's kernel registry tells the two cases apart: once XLA
+XLA registers its compilation kernels once, when TensorFlow first sets up its devices (the
+first tensor, strategy or jit compilation of the process; importing TensorFlow or Keras does
+not), from the op libraries loaded by then. An op library loaded later (``import costxent``
+after a tensor was created) has no XLA kernels, and XLA would reject every graph holding a
+fused op. TensorFlow's kernel registry tells the two cases apart: once XLA
 has registered, a built-in op such as ``AddV2`` has ``XLA_*`` kernels, and ours have them
 too only if our library was loaded before.
 """

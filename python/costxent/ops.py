@@ -55,9 +55,10 @@ def _fallback_reason() -> Optional[str]:
         return reason
     if _in_xla_context() and _xla.loaded_too_late():
         return (
-            "the op library was loaded after XLA registered its kernels (XLA-compiled code "
-            "ran before costxent was imported), so XLA cannot compile the fused op; import "
-            "costxent before the first jit_compile=True call to use it"
+            "the op library was loaded after XLA registered the ops it can compile (at "
+            "TensorFlow's first tensor, device context or jit compilation), so XLA cannot "
+            "compile the fused op; import costxent before creating any tensor, strategy or "
+            "model to use it"
         )
     if _gpu_visible() and not _library.built_with_cuda():
         return "a GPU is visible but the op library was built without CUDA"
