@@ -295,3 +295,24 @@ def test_library_loaded_after_xla_registered_falls_back_and_says_so() -> None:
     impl, logged = out.stdout.strip().splitlines()[-2:]
     assert impl.startswith("reference: ") and "import costxent" in impl, impl
     assert logged.startswith("1 ") and "import costxent" in logged, logged
+
+
+@pytest.mark.parametrize("upstream", [1.0, 3.0])
+def test_reduced_gradient_scaling_is_folded_when_one(upstream: float) -> None:
+    data = _data(64, np.float32)
+    z = tf.constant(data["logits"])
+    loss = cx.WeightedCategoricalCrossentropy(class_weight=CLASS_WEIGHT, from_logits=True)
+
+    @tf.function(jit_compile=True)
+    def grad(z: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            total = upstream * loss(data["ids"], z)
+        return tape.gradient(total, z)
+
+    got = grad(z)
+    hlo = grad.experimental_get_compiler_ir(z)(stage="optimized_hlo")
+    assert 'custom_call_target="costxent_softmax_loss_reduced"' in hlo
+    assert ("multiply" in hlo) == (upstream != 1.0)  # XLA folds a constant 1 away
+    _, want = oracle.softmax_cross_entropy(data["ids"], data["logits"], class_weight=CLASS_WEIGHT)
+    np.testing.assert_allclose(got, upstream * want / 64, rtol=2e-5, atol=2e-7)
