@@ -18,7 +18,9 @@ forward + backward (``tape.gradient`` of the loss with respect to the logits), e
   Keras loss with the same default reduction (per example for ``per-example``); for the
   sigmoid loss, ``tf.nn.weighted_cross_entropy_with_logits`` in such a Keras loss.
 
-and the copies that set the memory floor (``floor_copies``). All of a case's calls run
+and the copies that set the memory floor (``floor_copies``). After the cases, a Keras training
+step (``train_on_batch`` of a small MLP with C = 10 and 1000 logits, ``FIT_*``) with
+``jit_compile`` True (the loss as its XLA custom call) vs False (the fused TF op). All of a case's calls run
 round-robin, interleaved, after one untimed warm-up call each (tracing, XLA compilation);
 each ratio is of medians. The JSON report is rewritten after every case, so a run that is
 killed still leaves its data.
@@ -67,6 +69,16 @@ CE_WEIGHT = 0.1
 # (4e8 bytes) one warm-up call took 40-90 s and the process 22 GB of this 23 GB machine.
 MAX_COST_MATRIX_ELEMENTS = 2**24
 COST_MODES = ("cost-matrix", "expected-cost")
+
+# A Keras training step (model.fit's step function, one train_on_batch per call) of a small
+# MLP with C logits, jit_compile True vs False: the fused op as its XLA custom call against
+# the fused TF op, with the rest of a real step around it. Each class count gets its own
+# small time budget, so these rows run whatever --budget leaves.
+FIT_CLASSES = (10, 1000)
+FIT_BATCH = 512
+FIT_FEATURES = 128
+FIT_HIDDEN = 256
+FIT_BUDGET_S = 20.0
 
 DEFAULT_BUDGET_S = 660.0
 DEFAULT_REPEATS = 7
@@ -379,6 +391,56 @@ def _bind(fn: Callable, args: tuple) -> Callable[[], None]:
         fn(*args)
 
     return call
+
+
+def fit_step_calls(classes: int) -> tuple[dict[str, Callable[[], None]], Implementations]:
+    """One Keras training step of the small MLP per call, by jit_compile ("fit-xla": True,
+    "fit": False), with the costxent loss at its default reduction (sum_over_batch_size),
+    and the path ``cx.ops`` took in each step as traced."""
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(FIT_BATCH, FIT_FEATURES)).astype(np.float32)
+    y = rng.integers(0, classes, size=FIT_BATCH)
+    calls: dict[str, Callable[[], None]] = {}
+    implementations: Implementations = {}
+    for name, jit in (("fit-xla", True), ("fit", False)):
+
+        class Recorded(cx.WeightedCategoricalCrossentropy):
+            def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None,
+                         _name: str = name) -> Any:
+                implementations[_name] = cx.ops.implementation()
+                return super().__call__(y_true, y_pred, sample_weight)
+
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((FIT_FEATURES,)),
+            keras.layers.Dense(FIT_HIDDEN, activation="relu"),
+            keras.layers.Dense(classes),
+        ])
+        model.compile(optimizer="sgd", loss=Recorded(from_logits=True), jit_compile=jit)
+        calls[name] = lambda model=model: model.train_on_batch(x, y)
+    return calls, implementations
+
+
+def run_fit(classes: Sequence[int], repeats: int) -> list[dict[str, Any]]:
+    """The model.fit-step rows: per class count, both steps interleaved within
+    ``FIT_BUDGET_S``; ``tf_function_over_xla`` > 1 means the jit-compiled step is faster."""
+    rows = []
+    for c in classes:
+        calls, implementations = fit_step_calls(c)
+        budget = Budget(FIT_BUDGET_S)
+        raw = interleave(calls, repeats, budget.clock() + FIT_BUDGET_S, budget)
+        medians = {name: statistics.median(values) for name, values in raw.items()}
+        rows.append({
+            "classes": c,
+            "batch": FIT_BATCH,
+            "features": FIT_FEATURES,
+            "hidden": FIT_HIDDEN,
+            "implementation": implementations,
+            "timings_ms": raw,
+            "median_ms": medians,
+            "tf_function_over_xla": medians["fit"] / medians["fit-xla"],
+        })
+    return rows
 
 
 def split(
@@ -768,6 +830,20 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"skipped ({reason}): " + ", ".join(names))
     for failed in report["failed"]:
         lines.append(f"FAILED {failed['case']}: {failed['error']}")
+    fit = report.get("fit") or []
+    if fit:
+        lines.append(
+            f"\nKeras model.fit step (MLP {fit[0]['features']}-{fit[0]['hidden']}-C, batch "
+            f"{fit[0]['batch']}, train_on_batch), ms median:"
+        )
+        lines.append(_text_table([["C", "jit_compile=True", "jit_compile=False", "False/True",
+                                   "impl (True / False)"]] + [
+            [str(row["classes"]), _format_ms(row["median_ms"]["fit-xla"]),
+             _format_ms(row["median_ms"]["fit"]), f"{row['tf_function_over_xla']:.2f}",
+             " / ".join(_short_implementation(row["implementation"].get(name))
+                        for name in ("fit-xla", "fit"))]
+            for row in fit
+        ]))
     targets = all_targets(report)
     met = sum(target["met"] for target in targets)
     lines.append(f"\nDESIGN 6 targets: {met} of {len(targets)} met")
@@ -823,10 +899,11 @@ def run(
     out_dir: Path,
     budget: Budget,
     repeats: int = DEFAULT_REPEATS,
+    fit_classes: Sequence[int] = FIT_CLASSES,
 ) -> dict[str, Any]:
-    """Benchmark ``cases`` in order within ``budget``, writing the report after each; the
-    PNG once at the end (also after Ctrl-C, which ends the run with status "interrupted").
-    Returns the report."""
+    """Benchmark ``cases`` in order within ``budget``, writing the report after each, then
+    the model.fit-step rows for ``fit_classes``; the PNG once at the end (also after Ctrl-C,
+    which ends the run with status "interrupted"). Returns the report."""
     threads = usable_cores()
     report = Report(out_dir, {
         "total_elements": cases[0].total_elements if cases else None,
@@ -876,6 +953,8 @@ def run(
                 report.write(budget.elapsed())
             else:
                 data["status"] = "complete"
+        data["fit"] = run_fit(fit_classes, repeats)
+        report.write(budget.elapsed())
     except KeyboardInterrupt:
         data["status"] = "interrupted"
     finally:
@@ -940,6 +1019,10 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--labels", nargs="+", choices=LABEL_KINDS, metavar="KIND",
                         help="sparse and/or dense")
     result.add_argument("--classes", nargs="+", type=int, metavar="C", help="class counts")
+    result.add_argument("--fit-classes", nargs="*", type=int, default=list(FIT_CLASSES),
+                        metavar="C", help="class counts of the model.fit-step rows (jit_compile "
+                        f"True vs False, {FIT_BUDGET_S:.0f} s each, outside --budget; none: "
+                        "skip them)")
     result.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
                         help=f"time for the whole run (default {DEFAULT_BUDGET_S:.0f})")
     result.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
@@ -973,7 +1056,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = logger.level
     logger.setLevel("ERROR")
     try:
-        report = run(cases, out_dir, Budget(args.budget), args.repeats)
+        report = run(cases, out_dir, Budget(args.budget), args.repeats, args.fit_classes)
     finally:
         logger.setLevel(level)
     print(format_report(report), flush=True)

@@ -1,7 +1,8 @@
 """Functional API: losses computed by the fused kernel, gradient included.
 
 Each function validates its arguments once (``costxent._args``), then runs the fused op when
-the op library is loaded and the caller is not being compiled by XLA; otherwise it runs
+the op library is loaded (eagerly, in ``tf.function``, and under XLA, where the op lowers to
+a ``costxent_*`` custom call running the same kernels); otherwise it runs
 ``costxent.reference`` and logs one line saying why.
 
 Gradients move the logits' bytes as few times as possible (DESIGN 3):
@@ -31,7 +32,7 @@ from tensorflow.python import pywrap_tfe
 from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.ops import control_flow_util
 
-from costxent import _args, _library, reference
+from costxent import _args, _library, _xla, reference
 from costxent._args import WeightLike
 
 _log = logging.getLogger("costxent")
@@ -52,10 +53,12 @@ def _fallback_reason() -> Optional[str]:
     library, reason = _library.load()
     if library is None:
         return reason
-    if _in_xla_context():
+    if _in_xla_context() and _xla.loaded_too_late():
         return (
-            "the caller is compiled by XLA (jit_compile=True), which cannot compile a custom "
-            "op; XLA fuses the reference instead"
+            "the op library was loaded after XLA registered the ops it can compile (at "
+            "TensorFlow's first tensor, device context or jit compilation), so XLA cannot "
+            "compile the fused op; import costxent before creating any tensor, strategy or "
+            "model to use it"
         )
     if _gpu_visible() and not _library.built_with_cuda():
         return "a GPU is visible but the op library was built without CUDA"
@@ -80,11 +83,16 @@ def _gradient_reason(logits: tf.Tensor, extras: list) -> Optional[str]:
 
 
 def implementation() -> str:
-    """Which path a call made here would take: "fused-cpu", "fused-gpu" or "reference: <why>"."""
+    """Which path a call made here would take.
+
+    "fused-cpu" / "fused-gpu" (the fused TF op), "fused-xla-cpu" / "fused-xla-gpu" (inside a
+    function XLA compiles: the op's custom call), or "reference: <why>".
+    """
     reason = _fallback_reason()
     if reason is not None:
         return f"reference: {reason}"
-    return "fused-gpu" if _gpu_visible() else "fused-cpu"
+    device = "gpu" if _gpu_visible() else "cpu"
+    return f"fused-xla-{device}" if _in_xla_context() else f"fused-{device}"
 
 
 def _use_reference(x: Any) -> bool:
