@@ -21,7 +21,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "backends"))
 
-FIT_CASES = ["ce_cost_focal_ignore", "expected_cost_ignore", "binary_weighted_focal"]
+FIT_CASES = ["ce_plain", "ce_cost_focal_ignore", "expected_cost_ignore", "binary_weighted_focal"]
 
 
 def _env(backend: str, **extra: str) -> dict[str, str]:

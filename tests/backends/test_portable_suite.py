@@ -168,7 +168,12 @@ def fit_case(name: str) -> dict[str, Any]:
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=getattr(cx, cls)(**kwargs),
-        metrics=[cx.metrics.MisclassificationCost(COST, from_logits=True)],
+        metrics=[
+            cx.metrics.MisclassificationCost(COST, from_logits=True, name="cost"),
+            cx.metrics.CostWeightedAccuracy(COST, name="accuracy"),
+            cx.metrics.Precision(from_logits=True, class_id=1, name="precision"),
+            cx.metrics.Recall(from_logits=True, class_id=1, name="recall"),
+        ],
     )
     history = model.fit(x, y, sample_weight=SAMPLE_WEIGHT, batch_size=5, epochs=3,
                         shuffle=False, verbose=0)
@@ -177,7 +182,7 @@ def fit_case(name: str) -> dict[str, Any]:
                 weights=model.get_weights())
 
 
-@pytest.mark.parametrize("name", ["ce_cost_focal_ignore", "expected_cost_ignore",
+@pytest.mark.parametrize("name", ["ce_plain", "ce_cost_focal_ignore", "expected_cost_ignore",
                                   "binary_weighted_focal"])
 def test_fit_evaluate_predict_save_load(name: str, tmp_path) -> None:
     result = fit_case(name)
@@ -190,6 +195,7 @@ def test_fit_evaluate_predict_save_load(name: str, tmp_path) -> None:
     # evaluate() against the oracle on the trained model's own logits
     want = _oracle_on(name, logits)
     np.testing.assert_allclose(result["evaluated"]["loss"], want, rtol=1e-5)
+    _check_metrics(result["evaluated"], y, logits)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -217,8 +223,32 @@ def _oracle_on(name: str, logits: np.ndarray) -> float:
             y, logits, np.asarray(kwargs["cost_matrix"]), ce_weight=kwargs["ce_weight"],
             label_smoothing=kwargs["label_smoothing"], ignore_class=kwargs["ignore_class"])
     else:
+        cost = kwargs.get("cost_matrix")
         per, _ = oracle.softmax_cross_entropy(
-            y, logits, cost_matrix=np.asarray(kwargs["cost_matrix"]),
-            focal_gamma=kwargs["focal_gamma"], ignore_class=kwargs["ignore_class"])
+            y, logits, cost_matrix=None if cost is None else np.asarray(cost),
+            focal_gamma=kwargs.get("focal_gamma", 0.0), ignore_class=kwargs.get("ignore_class"))
     keep = np.ones(N, bool) if kwargs.get("ignore_class") is None else y != kwargs["ignore_class"]
     return float(np.sum(SAMPLE_WEIGHT * per * keep) / keep.sum())
+
+
+def _check_metrics(evaluated: dict, y: np.ndarray, logits: np.ndarray) -> None:
+    """The compiled metrics of :func:`fit_case` against NumPy on the trained logits."""
+    if y.ndim == 2:  # multi-hot rows: the values are checked by the update_state tests
+        assert all(np.isfinite(v) for v in evaluated.values()), evaluated
+        return
+    if np.any(y < 0):  # an id outside [0, C) with a nonzero weight is never hidden
+        assert np.isnan(evaluated["cost"]) and np.isnan(evaluated["accuracy"])
+        return
+    weight = np.ones(N)  # compile(metrics=...) are unweighted in Keras (weighted_metrics are not)
+    conf = _numpy_confusion(y, np.argmax(logits, -1), weight)
+    np.testing.assert_allclose(evaluated["cost"], (conf * COST).sum() / conf.sum(), rtol=1e-5)
+    worst, best = COST.max(1, keepdims=True), COST.min(1, keepdims=True)
+    np.testing.assert_allclose(
+        evaluated["accuracy"], (conf * (worst - COST)).sum() / (conf * (worst - best)).sum(),
+        rtol=1e-5,
+    )
+    predicted = 1.0 / (1.0 + np.exp(-logits[:, 1])) > 0.5
+    actual = y == 1
+    tp = np.sum(weight * (predicted & actual))
+    np.testing.assert_allclose(evaluated["precision"], tp / np.sum(weight * predicted), rtol=1e-5)
+    np.testing.assert_allclose(evaluated["recall"], tp / np.sum(weight * actual), rtol=1e-5)
