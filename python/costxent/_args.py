@@ -10,29 +10,21 @@ C++ validation in ``cc/core/spec.cc``, or by ``runtime_checks`` on the reference
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+from costxent._checks import (  # noqa: F401 (checked_weights: used through this module)
+    CheckedWeights,
+    check_weight_values,
+    checked_weights,
+    class_weight_vector,
+)
+from costxent._checks import scalar as _scalar
+
 _LOGIT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckedWeights:
-    """Weights whose values were validated once (finite; >= 0 where they multiply a
-    cross-entropy), e.g. when a Keras loss was built. ``values`` is a read-only float64 array;
-    the shape is still checked against C at every call, the values never again."""
-
-    name: str
-    values: np.ndarray
-
-    def tolist(self) -> list:
-        """The values as nested Python floats (for ``get_config``)."""
-        return self.values.tolist()
-
 
 WeightLike = Union[
     None, Sequence[float], Mapping[int, float], np.ndarray, tf.Tensor, CheckedWeights
@@ -125,15 +117,6 @@ def _logits(logits: Any) -> tf.Tensor:
     return logits
 
 
-def _scalar(name: str, value: Any, low: float, high: float = math.inf) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (low <= value <= high) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
-    return value
-
-
 def _num_classes(logits: tf.Tensor, minimum: int) -> int:
     c = logits.shape[-1]
     if c is None:
@@ -144,58 +127,6 @@ def _num_classes(logits: tf.Tensor, minimum: int) -> int:
             f"{logits.shape} (C = {c})"
         )
     return int(c)
-
-
-def check_weight_values(name: str, values: np.ndarray, nonnegative: bool) -> None:
-    """Finite, and >= 0 when the weight multiplies a cross-entropy (DESIGN 2.4)."""
-    bad = ~np.isfinite(values)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} must be finite, got {values[index]} at index {index}")
-    if nonnegative and (values < 0).any():
-        index = tuple(int(i) for i in np.argwhere(values < 0)[0])
-        raise ValueError(
-            f"{name} must be >= 0 (a negative weight turns the loss into gradient ascent), "
-            f"got {values[index]} at index {index}"
-        )
-
-
-def _class_key(key: Any) -> int:
-    """A class id from a ``class_weight`` key: an int, or its string (JSON's form of it)."""
-    if isinstance(key, str) and key.lstrip("-").isdigit():
-        return int(key)
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return int(key)
-    raise ValueError(f"class_weight keys must be integer class ids, got key {key!r}")
-
-
-def class_weight_vector(class_weight: Mapping, num_classes: int) -> np.ndarray:
-    """A ``{class: weight}`` dict as a length-C vector (missing classes weigh 1.0, as Keras)."""
-    vector = np.ones(num_classes)
-    for key, weight in class_weight.items():
-        key = _class_key(key)
-        if not 0 <= key < num_classes:
-            raise ValueError(
-                f"class_weight has key {key!r}, outside the valid class range [0, {num_classes})"
-            )
-        vector[int(key)] = float(weight)
-    return vector
-
-
-def checked_weights(name: str, value: Any, nonnegative: bool) -> Any:
-    """Validate constant weights once, for reuse on every call: arrays become a
-    ``CheckedWeights``; a ``{class: weight}`` dict keeps its form with int keys (its vector
-    depends on C, known only at a call, and costs C values to rebuild)."""
-    if value is None or isinstance(value, (CheckedWeights, tf.Tensor, tf.Variable)):
-        return value
-    if isinstance(value, Mapping):
-        keyed = {_class_key(k): float(v) for k, v in value.items()}
-        check_weight_values(name, np.array(list(keyed.values()), np.float64), nonnegative)
-        return keyed
-    array = np.array(value, dtype=np.float64)
-    check_weight_values(name, array, nonnegative)
-    array.setflags(write=False)
-    return CheckedWeights(name, array)
 
 
 def _checked_eagerly(name: str, tensor: tf.Tensor, nonnegative: bool) -> bool:

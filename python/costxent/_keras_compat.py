@@ -4,7 +4,7 @@ Keras 3 exposes these only under ``keras.src``; if a release moves them, this mo
 one to change.
 """
 
-from keras.src.backend import get_keras_mask, set_keras_mask
+from keras.src.backend import get_keras_mask
 from keras.src.losses.loss import (
     reduce_weighted_values,
     squeeze_or_expand_to_same_rank,
@@ -14,7 +14,6 @@ from keras.src.losses.loss import (
 __all__ = [
     "get_keras_mask",
     "reduce_weighted_values",
-    "set_keras_mask",
     "squeeze_or_expand_to_same_rank",
     "standardize_reduction",
 ]

@@ -17,37 +17,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from costxent._args import check_weight_values
+from costxent._checks import check_weight_values
+from costxent._checks import cost_matrix as _as_cost_matrix
 
 __all__ = ["binary_threshold", "min_expected_cost"]
 
 # Softmax outputs in float32 can exceed 1 by a few ulps; anything further out is not a
 # probability (most likely a logit passed by mistake).
 _PROB_TOLERANCE = 1e-5
-
-
-def _as_cost_matrix(cost_matrix: Any, num_classes: int | None = None) -> np.ndarray:
-    """Validate ``cost_matrix`` (``C x C``, ``C >= 2``, finite) and return it as float64."""
-    if tf.is_tensor(cost_matrix):
-        static = tf.get_static_value(cost_matrix)
-        if static is None:
-            raise ValueError(
-                "cost_matrix must be a concrete value (NumPy array, nested list or eager "
-                f"tensor); got a symbolic tensor {cost_matrix!r}"
-            )
-        cost_matrix = static
-    m = np.asarray(cost_matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"cost_matrix must be a square C x C matrix; got shape {m.shape}")
-    if m.shape[0] < 2:
-        raise ValueError(f"cost_matrix must have at least 2 classes; got shape {m.shape}")
-    if num_classes is not None and m.shape[0] != num_classes:
-        raise ValueError(
-            f"cost_matrix must be {num_classes} x {num_classes} to match the {num_classes} "
-            f"classes of the predictions; got shape {m.shape}"
-        )
-    check_weight_values("cost_matrix", m, nonnegative=False)
-    return m
 
 
 def _first_argmin(x: tf.Tensor) -> tf.Tensor:

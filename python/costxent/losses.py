@@ -1,10 +1,17 @@
 """Keras 3 losses on top of the fused cost-sensitive cross-entropy ops.
 
 The classes here only translate Keras conventions (probabilities or logits, reductions,
-``sample_weight``, masks, serialization) onto :mod:`costxent.ops`. Where a gradient is
-recorded, ``__call__`` hands the reduction to the fused reduced op (one pass writes the scalar
-loss and its gradient, class ids stay integers); otherwise ``keras.losses.Loss.__call__``
-reduces the fused op's per-example losses.
+``sample_weight``, masks, serialization) onto the path of the running Keras backend
+(:mod:`costxent._engine`): the fused TF ops of :mod:`costxent.ops` on TensorFlow, the fused
+``torch.library`` ops on PyTorch, the ``keras.ops`` reference elsewhere. Where the path has a
+fused reduction and a gradient is recorded, ``__call__`` hands the reduction to it (one pass
+writes the scalar loss and its gradient); otherwise Keras' own reduction runs over the
+per-example losses.
+
+Unlike ``keras.losses.Loss.__call__``, class ids are never cast to the loss' dtype (a
+bfloat16 cast turns 257 into 256), and float16/bfloat16 logits reach the kernel as they are
+(mixed precision: no upcast copy); the kernels accumulate in float32 and the loss comes
+back in the loss' ``dtype`` (float32 unless given).
 
 Cost matrices follow the convention ``M[true, predicted]``: row = true class, column =
 predicted class. For three classes A, B, C where "a true B predicted as C costs 5, a true B
@@ -22,17 +29,16 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops as kops
 
-from costxent import _args
-from costxent import ops as cx_ops
+from costxent import _checks, _engine
 from costxent._keras_compat import (
     get_keras_mask,
-    set_keras_mask,
+    reduce_weighted_values,
     squeeze_or_expand_to_same_rank,
     standardize_reduction,
 )
+from costxent._portable import SigmoidParams, SoftmaxParams
 
 __all__ = ["ExpectedCostLoss", "WeightedBinaryCrossentropy", "WeightedCategoricalCrossentropy"]
 
@@ -45,13 +51,13 @@ def _plain(value: Any) -> Any:
         return None
     if isinstance(value, Mapping):
         return {int(k): float(v) for k, v in value.items()}
-    values = value.values if isinstance(value, _args.CheckedWeights) else np.asarray(value)
+    values = value.values if isinstance(value, _checks.CheckedWeights) else np.asarray(value)
     return values.tolist()
 
 
 def _public(value: Any) -> Any:
     """A validated weight as users read it back: a dict, a NumPy array (a copy) or None."""
-    if isinstance(value, _args.CheckedWeights):
+    if isinstance(value, _checks.CheckedWeights):
         return value.values.copy()
     return value
 
@@ -61,34 +67,6 @@ def _softmax_logits(y_pred: Any, from_logits: bool) -> Any:
     if from_logits:
         return y_pred
     return kops.log(kops.clip(y_pred, keras.config.epsilon(), 1.0))
-
-
-def _mask_ignored(losses: Any, y_true: Any, ignore_class: int | None) -> Any:
-    """Attach the Keras mask ``y_true != ignore_class`` to the per-example ``losses``.
-
-    ``keras.losses.Loss.__call__`` honours that mask exactly as it does for
-    ``keras.losses.SparseCategoricalCrossentropy(ignore_class=...)``: ignored examples are
-    left out of the mean of ``"sum_over_batch_size"``/``"mean"`` and of the weight sum of
-    ``"mean_with_sample_weight"``.
-    """
-    if ignore_class is not None:
-        labels = kops.reshape(y_true, kops.shape(losses))
-        set_keras_mask(losses, kops.not_equal(labels, kops.cast(ignore_class, labels.dtype)))
-    return losses
-
-
-def _row_weights(sample_weight: Any, lead: tf.TensorShape, dtype: tf.DType) -> Any:
-    """Keras' ``sample_weight`` as one weight per row of the leading shape; None if there is
-    none; ``False`` when only Keras' broadcasting reproduces its meaning (a weight of another
-    shape: ``mean_with_sample_weight`` divides by the weights' own sum, before broadcasting)."""
-    if sample_weight is None:
-        return None
-    weight = tf.cast(tf.convert_to_tensor(sample_weight), dtype)
-    if weight.shape.rank == lead.rank + 1 and weight.shape[-1] == 1:
-        weight = tf.squeeze(weight, axis=-1)
-    if weight.shape.rank != lead.rank or not weight.shape.is_compatible_with(lead):
-        return False
-    return weight
 
 
 class _CostxentLoss(keras.losses.Loss):
@@ -113,49 +91,75 @@ class _CostxentLoss(keras.losses.Loss):
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         """The reduced loss, as ``keras.losses.Loss.__call__`` computes it.
 
-        With a reduction, the fused op applies it in the row pass (the gradient of the scalar
-        is written there too); class ids are not cast to float and back. Per-example losses
+        With a reduction and a fused path that can fold it in, the row pass applies it (the
+        gradient of the scalar is written there too). Per-example losses
         (``reduction=None``), masked predictions and weights the fused reduction cannot
-        broadcast exactly take Keras' own path over :meth:`call`.
+        broadcast exactly take Keras' own reduction over :meth:`call`. Rows labelled
+        ``ignore_class`` are left out of the mean, as in
+        ``keras.losses.SparseCategoricalCrossentropy``.
         """
         reduction = standardize_reduction(self.reduction)
-        if (
-            reduction in (None, "none")
-            or get_keras_mask(y_pred) is not None
-            or not isinstance(y_pred, (tf.Tensor, tf.Variable, np.ndarray, list, float))
-        ):
-            return super().__call__(y_true, y_pred, sample_weight)
-        reduction = "sum_over_batch_size" if reduction == "mean" else reduction
-        with tf.name_scope(self.name):
-            logits = kops.convert_to_tensor(y_pred, dtype=self.dtype)
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            logits = self._convert_predictions(y_pred)
             labels = kops.convert_to_tensor(y_true)
-            loss = self._reduced(labels, logits, sample_weight, reduction)
-            if loss is not None:
-                return tf.cast(loss, self.dtype)
-        return super().__call__(y_true, y_pred, sample_weight)
+            labels, logits = self._logits(labels, logits)
+            if reduction not in (None, "none") and in_mask is None:
+                fused = "sum_over_batch_size" if reduction == "mean" else reduction
+                loss = self._path.reduced(labels, logits, self._params, sample_weight, fused)
+                if loss is not None:
+                    return kops.cast(loss, self.dtype)
+            losses = self._loss(labels, logits)
+            mask = self._ignored_mask(labels, losses)
+            if in_mask is not None:
+                mask = in_mask if mask is None else kops.logical_and(in_mask, mask)
+            return reduce_weighted_values(
+                losses,
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+                dtype=self.dtype,
+            )
 
-    def _reduced(self, y_true: Any, y_pred: Any, sample_weight: Any, reduction: str) -> Any:
-        """The fused reduced loss, or None to take Keras' path."""
-        x = self._inputs(y_true, y_pred)
-        lead = x.logits.shape[:-1]
-        if lead.rank is None or lead.rank == 0 or lead.num_elements() == 0:
-            return None  # Keras returns such losses unreduced
-        weights = _row_weights(sample_weight, lead, x.acc_dtype)
-        if weights is False:
+    @property
+    def _path(self) -> _engine.Path:
+        return _engine.path()
+
+    def _convert_predictions(self, y_pred: Any) -> Any:
+        """``y_pred`` as a tensor: half-precision logits as they are (the fused kernels read
+        them), anything else in the loss' dtype, as Keras converts it."""
+        y_pred = kops.convert_to_tensor(y_pred)
+        dtype = keras.backend.standardize_dtype(y_pred.dtype)
+        if self.from_logits and dtype in ("float16", "bfloat16"):
+            return y_pred
+        return kops.cast(y_pred, self.dtype)
+
+    def _ignored_mask(self, labels: Any, losses: Any) -> Any:
+        """``labels != ignore_class`` of the losses' shape, or None."""
+        ignore_class = getattr(self, "ignore_class", None)
+        if ignore_class is None:
             return None
-        return cx_ops.reduced_loss(x, weights, reduction)
+        labels = kops.reshape(labels, kops.shape(losses))
+        return kops.not_equal(labels, kops.cast(ignore_class, labels.dtype))
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-example loss of shape ``y_pred.shape[:-1]``, before Keras' reduction.
 
-        ``Loss.__call__`` converts only the leaves of nested Python lists, so pack them here.
+        ``y_pred`` must be a tensor or array: ``__call__`` converts nested Python lists.
         """
-        return self._loss(kops.convert_to_tensor(y_true), kops.convert_to_tensor(y_pred))
+        y_true, logits = self._logits(kops.convert_to_tensor(y_true), kops.convert_to_tensor(y_pred))
+        return self._loss(y_true, logits)
 
-    def _inputs(self, y_true: Any, y_pred: Any) -> Any:
+    @property
+    def _params(self) -> Any:
         raise NotImplementedError
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+    def _logits(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """(labels, logits) from ``y_pred`` under ``from_logits``."""
+        raise NotImplementedError
+
+    def _loss(self, y_true: Any, logits: Any) -> Any:
+        """Per-example loss of labels and logits (as :meth:`_logits` returns them)."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -237,8 +241,8 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
         if class_weight is not None and cost_matrix is not None:
             raise ValueError("pass class_weight or cost_matrix, not both")
-        self._class_weight = _args.checked_weights("class_weight", class_weight, True)
-        self._cost_matrix = _args.checked_weights("cost_matrix", cost_matrix, True)
+        self._class_weight = _checks.checked_weights("class_weight", class_weight, True)
+        self._cost_matrix = _checks.checked_weights("cost_matrix", cost_matrix, True)
         self.focal_gamma = float(focal_gamma)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
@@ -252,10 +256,9 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
         """The cost matrix ``M[true, predicted]`` (a copy), or None."""
         return _public(self._cost_matrix)
 
-    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SoftmaxInputs:
-        return _args.softmax_inputs(
-            y_true,
-            _softmax_logits(y_pred, self.from_logits),
+    @property
+    def _params(self) -> SoftmaxParams:
+        return SoftmaxParams(
             class_weight=self._class_weight,
             cost_matrix=self._cost_matrix,
             label_smoothing=self.label_smoothing,
@@ -263,9 +266,11 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
             ignore_class=self.ignore_class,
         )
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
-        losses = cx_ops.softmax_loss(self._inputs(y_true, y_pred))
-        return _mask_ignored(losses, y_true, self.ignore_class)
+    def _logits(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        return y_true, _softmax_logits(y_pred, self.from_logits)
+
+    def _loss(self, y_true: Any, logits: Any) -> Any:
+        return self._path.softmax(y_true, logits, self._params)
 
 
 @keras.saving.register_keras_serializable(package="costxent")
@@ -322,7 +327,7 @@ class ExpectedCostLoss(_CostxentLoss):
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
         if cost_matrix is None:
             raise ValueError("cost_matrix is required for ExpectedCostLoss, got None")
-        self._cost_matrix = _args.checked_weights("cost_matrix", cost_matrix, False)
+        self._cost_matrix = _checks.checked_weights("cost_matrix", cost_matrix, False)
         self.ce_weight = float(ce_weight)
         self.ignore_class = None if ignore_class is None else int(ignore_class)
 
@@ -331,20 +336,21 @@ class ExpectedCostLoss(_CostxentLoss):
         """The cost matrix ``M[true, predicted]`` (a copy)."""
         return _public(self._cost_matrix)
 
-    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SoftmaxInputs:
-        return _args.softmax_inputs(
-            y_true,
-            _softmax_logits(y_pred, self.from_logits),
-            cost_matrix=self._cost_matrix,
-            ce_weight=self.ce_weight,
-            label_smoothing=self.label_smoothing,
-            ignore_class=self.ignore_class,
+    @property
+    def _params(self) -> SoftmaxParams:
+        return SoftmaxParams(
             expected_cost=True,
+            cost_matrix=self._cost_matrix,
+            label_smoothing=self.label_smoothing,
+            ce_weight=self.ce_weight,
+            ignore_class=self.ignore_class,
         )
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
-        losses = cx_ops.softmax_loss(self._inputs(y_true, y_pred))
-        return _mask_ignored(losses, y_true, self.ignore_class)
+    def _logits(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        return y_true, _softmax_logits(y_pred, self.from_logits)
+
+    def _loss(self, y_true: Any, logits: Any) -> Any:
+        return self._path.softmax(y_true, logits, self._params)
 
 
 @keras.saving.register_keras_serializable(package="costxent")
@@ -399,8 +405,8 @@ class WeightedBinaryCrossentropy(_CostxentLoss):
         dtype: Any = None,
     ) -> None:
         super().__init__(from_logits, label_smoothing, reduction, name, dtype)
-        self._pos_weight = _args.checked_weights("pos_weight", pos_weight, True)
-        self._neg_weight = _args.checked_weights("neg_weight", neg_weight, True)
+        self._pos_weight = _checks.checked_weights("pos_weight", pos_weight, True)
+        self._neg_weight = _checks.checked_weights("neg_weight", neg_weight, True)
         self.focal_gamma = float(focal_gamma)
 
     @property
@@ -413,23 +419,23 @@ class WeightedBinaryCrossentropy(_CostxentLoss):
         """The negative-term weight (scalar or per label) as a NumPy array, or None."""
         return _public(self._neg_weight)
 
-    def _inputs(self, y_true: Any, y_pred: Any) -> _args.SigmoidInputs:
-        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
-        if self.from_logits:
-            logits = y_pred
-        else:
-            eps = keras.config.epsilon()
-            p = kops.clip(y_pred, eps, 1.0 - eps)
-            logits = kops.log(p) - kops.log1p(-p)
-        return _args.sigmoid_inputs(
-            y_true,
-            logits,
+    @property
+    def _params(self) -> SigmoidParams:
+        return SigmoidParams(
             pos_weight=self._pos_weight,
             neg_weight=self._neg_weight,
             label_smoothing=self.label_smoothing,
             focal_gamma=self.focal_gamma,
         )
 
-    def _loss(self, y_true: Any, y_pred: Any) -> Any:
+    def _logits(self, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+        if self.from_logits:
+            return y_true, y_pred
+        eps = keras.config.epsilon()
+        p = kops.clip(y_pred, eps, 1.0 - eps)
+        return y_true, kops.log(p) - kops.log1p(-p)
+
+    def _loss(self, y_true: Any, logits: Any) -> Any:
         """Per-element loss averaged over the last axis (as ``keras.losses.BinaryCrossentropy``)."""
-        return kops.mean(cx_ops.sigmoid_loss(self._inputs(y_true, y_pred)), axis=-1)
+        return kops.mean(self._path.sigmoid(y_true, logits, self._params), axis=-1)

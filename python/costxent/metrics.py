@@ -9,7 +9,9 @@ Bad rows are never dropped silently: a row with ``sample_weight`` 0 is ignored (
 Keras masks), but any other row whose label is not a class id in ``[0, C)`` (or, dense, not
 finite) or whose prediction is not finite makes the metric NaN. This works the same inside
 XLA-compiled steps, where TF assertions would be skipped. (Fractional sparse labels are
-truncated to integers, as the losses do.)
+truncated to integers.)
+
+Written in ``keras.ops``, so the metrics run on every Keras backend.
 """
 
 from __future__ import annotations
@@ -18,31 +20,43 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops as kops
 
-from costxent._args import labels_by_shape
-from costxent.decision import _as_cost_matrix, _first_argmin
+from costxent._checks import cost_matrix as _as_cost_matrix
+from costxent._portable import first_argmin, labels_by_shape
 
 __all__ = ["CostWeightedAccuracy", "MisclassificationCost", "Precision", "Recall"]
 
 _DECISIONS = ("argmax", "min_expected_cost")
 
 
-def _flat_labels(y_true: Any, y_pred: tf.Tensor, c: int) -> tuple[tf.Tensor, bool]:
-    """Labels by shape (as the losses), flattened to ids ``[N]`` or rows ``[N, C]``."""
-    labels, sparse = labels_by_shape(y_true, y_pred, c, strict_ids=False)
-    return tf.reshape(labels, [-1] if sparse else [-1, c]), sparse
+def _flat_labels(y_true: Any, y_pred: Any, c: int) -> tuple[Any, Any, bool]:
+    """(labels, usable, sparse): labels by shape (as the losses), flattened to int32 ids
+    ``[N]`` (truncated) or float rows ``[N, C]``, and which rows hold a usable label."""
+    labels, sparse = labels_by_shape(y_true, y_pred, c)
+    if not sparse:
+        rows = kops.reshape(labels, (-1, c))
+        return rows, kops.all(kops.isfinite(kops.cast(rows, "float32")), axis=-1), False
+    labels = kops.reshape(labels, (-1,))
+    usable = kops.ones_like(labels, "bool")
+    if "float" in keras.backend.standardize_dtype(labels.dtype):
+        # Casting NaN or inf to an integer gives an arbitrary id on some backends.
+        usable = kops.isfinite(labels)
+        labels = kops.where(usable, labels, -1.0)
+    ids = kops.cast(labels, "int32")
+    return ids, kops.logical_and(usable, kops.logical_and(ids >= 0, ids < c)), True
 
 
-def _row_weights(sample_weight: Any, leading_shape: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+def _row_weights(sample_weight: Any, y_pred: Any, dtype: str) -> Any:
     """Per-row weights ``[N]`` from Keras' ``sample_weight`` (None, scalar, ``[...]`` or
     ``[..., 1]``)."""
+    lead = kops.shape(y_pred)[:-1]
     if sample_weight is None:
-        return tf.ones([tf.reduce_prod(leading_shape)], dtype)
-    weight = tf.cast(sample_weight, dtype)
-    if weight.shape.rank is not None and weight.shape.rank == leading_shape.shape[0] + 1:
-        weight = tf.squeeze(weight, axis=-1)
-    return tf.reshape(tf.broadcast_to(weight, leading_shape), [-1])
+        return kops.reshape(kops.ones(lead, dtype), (-1,))
+    weight = kops.cast(kops.convert_to_tensor(sample_weight), dtype)
+    if len(weight.shape) == len(lead) + 1:
+        weight = kops.squeeze(weight, axis=-1)
+    return kops.reshape(kops.broadcast_to(weight, lead), (-1,))
 
 
 class _ConfusionMatrixMetric(keras.metrics.Metric):
@@ -80,53 +94,48 @@ class _ConfusionMatrixMetric(keras.metrics.Metric):
         return self._cost_matrix.copy()
 
     @property
-    def confusion_matrix(self) -> tf.Tensor:
+    def confusion_matrix(self) -> Any:
         """The accumulated weighted confusion matrix ``[C, C]``, rows = true, cols = predicted.
 
         Same convention as ``sklearn.metrics.confusion_matrix(y_true, y_pred,
         sample_weight=w)``.
         """
-        return tf.convert_to_tensor(self._confusion)
+        return kops.convert_to_tensor(self._confusion)
 
-    def _predict(self, scores: tf.Tensor) -> tf.Tensor:
+    def _predict(self, scores: Any) -> Any:
         """Predicted class ``[N]`` from logits or probabilities ``[N, C]``."""
         if self.decision == "argmax":
             # softmax is monotonic, so logits and probabilities give the same argmax.
-            return _first_argmin(-scores)
-        probs = tf.nn.softmax(scores) if self.from_logits else scores
-        cost = tf.constant(self._cost_matrix.T, dtype=probs.dtype)
-        return _first_argmin(tf.linalg.matvec(cost, probs))
+            return first_argmin(-scores)
+        probs = kops.softmax(scores, axis=-1) if self.from_logits else scores
+        return first_argmin(kops.matmul(probs, kops.convert_to_tensor(self._cost_matrix, probs.dtype)))
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         """Add a batch to the confusion matrix."""
-        y_pred = tf.convert_to_tensor(y_pred)
-        y_true = tf.convert_to_tensor(y_true)
-        if y_pred.shape.rank is None or y_pred.shape[-1] != self.num_classes:
+        y_pred = kops.convert_to_tensor(y_pred)
+        y_true = kops.convert_to_tensor(y_true)
+        if len(y_pred.shape) == 0 or y_pred.shape[-1] != self.num_classes:
             raise ValueError(
                 f"y_pred must have shape [..., {self.num_classes}] to match the "
-                f"{self.num_classes} x {self.num_classes} cost_matrix; got {y_pred.shape}"
+                f"{self.num_classes} x {self.num_classes} cost_matrix; got {tuple(y_pred.shape)}"
             )
         c = self.num_classes
-        labels, sparse = _flat_labels(y_true, y_pred, c)
-        scores = tf.reshape(tf.cast(y_pred, self.dtype), [-1, c])
-        weight = _row_weights(sample_weight, tf.shape(y_pred)[:-1], self.dtype)
-
+        labels, label_ok, sparse = _flat_labels(y_true, y_pred, c)
+        scores = kops.reshape(kops.cast(y_pred, self.dtype), (-1, c))
+        weight = _row_weights(sample_weight, y_pred, self.dtype)
         if sparse:
-            label_ok = (labels >= 0) & (labels < c)
-            truth = tf.one_hot(tf.where(label_ok, labels, 0), c, dtype=self.dtype)
+            truth = kops.one_hot(kops.where(label_ok, labels, 0), c, dtype=self.dtype)
         else:
-            truth = tf.cast(labels, self.dtype)
-            label_ok = tf.reduce_all(tf.math.is_finite(truth), axis=-1)
-        valid = label_ok & tf.reduce_all(tf.math.is_finite(scores), axis=-1)
+            truth = kops.cast(labels, self.dtype)
+        valid = kops.logical_and(label_ok, kops.all(kops.isfinite(scores), axis=-1))
 
         # An invalid row gets a NaN weight, which turns the matrix and the result NaN, unless
         # its weight is 0 (masked): then its zeroed label row adds nothing.
-        nan = tf.constant(float("nan"), self.dtype)
-        weight = tf.where(valid | tf.equal(weight, 0), weight, nan)
-        truth = tf.where(valid[:, None], truth, tf.zeros_like(truth))
-        predicted = tf.one_hot(self._predict(scores), c, dtype=self.dtype)
+        weight = kops.where(kops.logical_or(valid, kops.equal(weight, 0)), weight, float("nan"))
+        truth = kops.where(valid[:, None], truth, 0.0)
+        predicted = kops.one_hot(self._predict(scores), c, dtype=self.dtype)
         self._confusion.assign_add(
-            tf.linalg.matmul(truth * weight[:, None], predicted, transpose_a=True)
+            kops.matmul(kops.transpose(truth * weight[:, None]), predicted)
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -174,10 +183,10 @@ class MisclassificationCost(_ConfusionMatrixMetric):
         # Read by Keras callbacks (EarlyStopping, ModelCheckpoint) when mode="auto".
         self._direction = "down"
 
-    def result(self) -> tf.Tensor:
-        conf = tf.convert_to_tensor(self._confusion)
-        total_cost = tf.reduce_sum(conf * tf.constant(self._cost_matrix, conf.dtype))
-        return tf.math.divide_no_nan(total_cost, tf.reduce_sum(conf))
+    def result(self) -> Any:
+        conf = kops.convert_to_tensor(self._confusion)
+        total_cost = kops.sum(conf * kops.convert_to_tensor(self._cost_matrix, conf.dtype))
+        return kops.divide_no_nan(total_cost, kops.sum(conf))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "decision": self.decision}
@@ -227,13 +236,13 @@ class CostWeightedAccuracy(_ConfusionMatrixMetric):
             )
         self._direction = "up"
 
-    def result(self) -> tf.Tensor:
-        conf = tf.convert_to_tensor(self._confusion)
-        cost = tf.constant(self._cost_matrix, conf.dtype)
-        worst = tf.reduce_max(cost, axis=1, keepdims=True)
-        best = tf.reduce_min(cost, axis=1, keepdims=True)
-        return tf.math.divide_no_nan(
-            tf.reduce_sum(conf * (worst - cost)), tf.reduce_sum(conf * (worst - best))
+    def result(self) -> Any:
+        conf = kops.convert_to_tensor(self._confusion)
+        cost = kops.convert_to_tensor(self._cost_matrix, conf.dtype)
+        worst = kops.max(cost, axis=1, keepdims=True)
+        best = kops.min(cost, axis=1, keepdims=True)
+        return kops.divide_no_nan(
+            kops.sum(conf * (worst - cost)), kops.sum(conf * (worst - best))
         )
 
 
@@ -255,16 +264,17 @@ class _FromLogits:
         self.from_logits = bool(from_logits)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_pred = tf.convert_to_tensor(y_pred)
-        y_true = tf.convert_to_tensor(y_true)
+        y_pred = kops.convert_to_tensor(y_pred)
+        y_true = kops.convert_to_tensor(y_true)
         if self.from_logits:
-            y_pred = tf.math.sigmoid(y_pred)
+            y_pred = kops.sigmoid(y_pred)
         num_classes = y_pred.shape[-1]
         if num_classes is not None and num_classes > 1:
-            labels, sparse = _flat_labels(y_true, y_pred, num_classes)
+            labels, sparse = labels_by_shape(y_true, y_pred, num_classes)
             if sparse:
-                one_hot = tf.one_hot(labels, num_classes, dtype=y_pred.dtype)
-                y_true = tf.reshape(one_hot, tf.shape(y_pred))
+                ids = kops.cast(kops.reshape(labels, (-1,)), "int32")
+                one_hot = kops.one_hot(ids, num_classes, dtype=y_pred.dtype)
+                y_true = kops.reshape(one_hot, kops.shape(y_pred))
         super().update_state(y_true, y_pred, sample_weight=sample_weight)
 
     def get_config(self) -> dict[str, Any]:
