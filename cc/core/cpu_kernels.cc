@@ -1,17 +1,15 @@
 // CPU kernels, compiled once per instruction set (COSTXENT_CPU_ISA names the namespace).
 //
-// The softmax row algorithm is written once (softmax_row below) over a "walker" that owns
-// the row's layout, the shape of DESIGN 1's per-row algorithm:
+// The softmax row algorithm (row_algorithm.h, shared with CUDA) runs over two walkers:
 //   - RowWalk walks one row in chunks of kLanes classes (C > kSmallClasses): a chunk's
 //     lanes are classes, row reductions are horizontal, per-row values are broadcast;
 //   - TileWalk walks kLanes rows at once (C <= kSmallClasses): the tile is transposed to
 //     [class][row], a chunk is one class of every row, lanes are rows, so row reductions
 //     are plain lane-wise sums and every per-row step (the log included) is one vector op.
-// The loss modes are template parameters, so sparse plain cross-entropy only computes the
-// max, the exp sums and z_y. Sums run in a fixed order (long rows in float blocks of
-// kSumBlock chunks added in double), so results are bitwise reproducible and a row's result
-// never depends on how rows were split between calls. No standard-library template is
-// instantiated here: an AVX2 copy of one could be chosen by the linker for the baseline build.
+// Sums run in a fixed order (long rows in float blocks of kSumBlock chunks added in
+// double), so results are bitwise reproducible and a row's result never depends on how rows
+// were split between calls. No standard-library template is instantiated here: an AVX2 copy
+// of one could be chosen by the linker for the baseline build.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,6 +19,7 @@
 #include "cc/core/cpu_simd.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
+#include "cc/core/row_algorithm.h"
 #include "cc/core/row_math.h"
 
 COSTXENT_DECLARE_CPU_ISA(COSTXENT_CPU_ISA)
@@ -35,26 +34,6 @@ namespace {
 
 // Chunks summed in float before a sum moves into its double accumulator: 64 terms per lane.
 constexpr int64_t kSumBlock = 64;
-
-template <typename A>
-struct Options {
-  A eps;
-  A inv_c;
-  A gamma;
-  A lam;
-  WeightMode weight_mode;
-  const A* weights;
-};
-
-// A kernel's modes. Focal rows take the weight mode at run time (their per-class terms cost
-// more than a branch), the others at compile time.
-template <SoftmaxLoss kKind_, bool kSparse_, WeightMode kWeight_, bool kFocal_>
-struct Mode {
-  static constexpr SoftmaxLoss kKind = kKind_;
-  static constexpr bool kSparse = kSparse_;
-  static constexpr WeightMode kWeight = kWeight_;
-  static constexpr bool kFocal = kFocal_;
-};
 
 // Running sums of a walker's chunks, kSlots lanes each (chunks take turns: shorter
 // dependency chains and float sums of a quarter of the terms), added pairwise at the end.
@@ -117,6 +96,7 @@ struct RowWalk {
   using F = typename P::F;
   using I = typename P::I;
   static constexpr int W = P::kLanes;
+  static constexpr int kSlots = ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
 
   int64_t c;
   const T* z;
@@ -166,7 +146,7 @@ struct RowWalk {
     }
   }
   CX_INLINE bool long_row() const { return c > kSumBlock * W; }
-  template <int N>
+  template <int N, unsigned>
   CX_INLINE RowSums<P, N> sums() const {
     return {};
   }
@@ -188,16 +168,19 @@ struct RowWalk {
       lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(m & P::first_lanes(c - ch.j0), lane, v);
     }
   }
+  // A row's sums are complete after its chunks: total() reads them horizontally.
+  template <int N>
+  CX_INLINE void reduce(const RowSums<P, N>&) const {}
   template <int N>
   CX_INLINE F total(const RowSums<P, N>& s, int i) const {
     if (!long_row()) return P::reduce_add(fold(s.lane[i]));
     return F(static_cast<A>(P::sum_wide(s.wide[i])));
   }
-  CX_INLINE F max_of(F lanes) const { return P::reduce_max(lanes); }
-  CX_INLINE F min_of(F lanes) const { return P::reduce_min(lanes); }
-  // The lowest index holding the max m.
-  CX_INLINE I argmax_of(F lanes, I index, F m) const {
-    return P::reduce_min(select(lanes == m, index, I(INT32_MAX)));
+  // Across the lanes; the argmax is the lowest index holding the max.
+  CX_INLINE Extremes<F, I> extremes(F max_lanes, F min_lanes, I arg_lanes, bool with_arg) const {
+    const F m = P::reduce_max(max_lanes);
+    const I arg = with_arg ? P::reduce_min(select(max_lanes == m, arg_lanes, I(INT32_MAX))) : I(0);
+    return {m, P::reduce_min(min_lanes), arg};
   }
 
   template <typename C>
@@ -224,8 +207,8 @@ struct RowWalk {
   CX_INLINE void keep(int slot, const C& ch, F v) const {
     P::store(keep_rows[slot] + ch.j0, v);
   }
-  template <typename C>
-  CX_INLINE F kept(int slot, const C& ch) const {
+  template <typename C, typename Recompute>
+  CX_INLINE F kept(int slot, const C& ch, Recompute&&) const {
     return P::load(keep_rows[slot] + ch.j0);
   }
   template <typename C>
@@ -329,6 +312,7 @@ struct TileWalk : Classes<kC> {
   using F = typename P::F;
   using I = typename P::I;
   static constexpr int W = P::kLanes;
+  static constexpr int kSlots = ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
 
   // A tile is transposed in registers: up to kShuffleClasses classes by two-source shuffles
   // of its vectors (a shuffled vector takes lane l from pair q of source vectors where
@@ -463,7 +447,7 @@ struct TileWalk : Classes<kC> {
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
     each_slot([&](const auto& ch) { fn(ch, s); });
   }
-  template <int N>
+  template <int N, unsigned>
   CX_INLINE TileSums<P, N> sums() const {
     return {};
   }
@@ -476,13 +460,16 @@ struct TileWalk : Classes<kC> {
     F& lane = s.lane[i][C::kSlot];
     lane = ::costxent::cpu::COSTXENT_CPU_ISA::add_where(m, lane, v);
   }
+  // Lanes are rows: every lane's sums and extremes are its row's already.
+  template <int N>
+  CX_INLINE void reduce(const TileSums<P, N>&) const {}
   template <int N>
   CX_INLINE F total(const TileSums<P, N>& s, int i) const {
     return fold(s.lane[i]);
   }
-  CX_INLINE F max_of(F lanes) const { return lanes; }
-  CX_INLINE F min_of(F lanes) const { return lanes; }
-  CX_INLINE I argmax_of(F, I index, F) const { return index; }
+  CX_INLINE Extremes<F, I> extremes(F max_lanes, F min_lanes, I arg_lanes, bool) const {
+    return {max_lanes, min_lanes, arg_lanes};
+  }
 
   template <typename C>
   CX_INLINE F z_at(const C& ch) const { return P::load(zt[ch.j]); }
@@ -492,8 +479,10 @@ struct TileWalk : Classes<kC> {
   CX_INLINE I cls(const C& ch) const { return I(static_cast<int32_t>(ch.j)); }
   template <typename C>
   CX_INLINE void keep(int slot, const C& ch, F v) { P::store(keep_rows[slot][ch.j], v); }
-  template <typename C>
-  CX_INLINE F kept(int slot, const C& ch) const { return P::load(keep_rows[slot][ch.j]); }
+  template <typename C, typename Recompute>
+  CX_INLINE F kept(int slot, const C& ch, Recompute&&) const {
+    return P::load(keep_rows[slot][ch.j]);
+  }
   template <typename C>
   CX_INLINE void write(const C& ch, F v) { P::store(out_t[ch.j], v); }
   template <typename C>
@@ -529,199 +518,6 @@ struct TileWalk : Classes<kC> {
   }
   CX_INLINE bool abandon(F, F, bool) const { return false; }
 };
-
-// The softmax losses of one walker's rows (DESIGN 2.1, 2.2): returns the per-row loss and,
-// when backprop, writes out_scale * d loss / d z through the walker. y: sparse labels
-// (valid classes). A row with a non-finite logit gives NaN throughout (DESIGN 2.4).
-template <typename Mode, typename Walk, typename A>
-CX_INLINE typename Walk::F softmax_row(Walk& walk, const Options<A>& o,
-                                       typename Walk::F out_scale, typename Walk::I y,
-                                       bool backprop) {
-  using P = typename Walk::P;
-  using F = typename P::F;
-  using I = typename P::I;
-  using Math = typename P::Math;
-  constexpr bool kSparse = Mode::kSparse;
-  constexpr bool kExpected = Mode::kKind == SoftmaxLoss::kExpectedCost;
-  const WeightMode weight_mode = Mode::kFocal ? o.weight_mode : Mode::kWeight;
-  const bool cost_weight = !kExpected && weight_mode == WeightMode::kCost;
-  const bool class_weight = !kExpected && weight_mode == WeightMode::kClass;
-  const F eps = o.eps;
-  const F inv_c = o.inv_c;
-  const bool smooth = o.eps != A(0);
-
-  // Pass 1: max, its lowest index (cost matrix), and min (-inf: a non-finite row).
-  F max_slots[kSlots];
-  F min_slots[kSlots];
-  I arg_slots[kSlots];
-  for (int i = 0; i < kSlots; ++i) {
-    max_slots[i] = -INFINITY;
-    min_slots[i] = INFINITY;
-    arg_slots[i] = 0;
-  }
-  walk.each_slot([&](const auto& ch) {
-    constexpr int kSlot = std::remove_reference_t<decltype(ch)>::kSlot;
-    const F z = walk.z_at(ch);
-    if (cost_weight) {
-      const auto up = z > max_slots[kSlot];
-      arg_slots[kSlot] = select(up, walk.cls(ch), arg_slots[kSlot]);
-      max_slots[kSlot] = select(up, z, max_slots[kSlot]);
-    } else {
-      max_slots[kSlot] = max(max_slots[kSlot], z);
-    }
-    min_slots[kSlot] = min(min_slots[kSlot], z);
-  });
-  // Slots hold disjoint chunks: the max, and on ties the lower index.
-  F max_lanes = max_slots[0];
-  F min_lanes = min_slots[0];
-  I arg_lanes = arg_slots[0];
-  for (int i = 1; i < kSlots; ++i) {
-    if (cost_weight) {
-      const auto take = (max_slots[i] > max_lanes) |
-                        ((max_slots[i] == max_lanes) & (arg_slots[i] < arg_lanes));
-      arg_lanes = select(take, arg_slots[i], arg_lanes);
-    }
-    max_lanes = max(max_lanes, max_slots[i]);
-    min_lanes = min(min_lanes, min_slots[i]);
-  }
-  const F m = walk.max_of(max_lanes);
-  const F low = walk.min_of(min_lanes);
-  if (walk.abandon(m, low, backprop)) return F(A(NAN));
-  const I jhat = cost_weight ? walk.argmax_of(max_lanes, arg_lanes, m) : I(0);
-  const F half_max = F(A(0.5)) * m;
-  if constexpr (kExpected && !kSparse) walk.prepare_dense_costs(o.weights);
-
-  // Pass 2: e_j (kept), the sum split as count (e_j = 1) + rest, the unsmoothed target's
-  // sums, the dense example weight and the expected cost. A NaN logit, or +inf (whose
-  // z - max is NaN), makes rest NaN: exp propagates NaN.
-  enum { kRest, kCount, kHalfMean, kTSum, kTDot, kWeightSum, kCostSum, kSums };
-  auto sums = walk.template sums<kSums>();
-  auto cost_of = [&](const auto& ch) -> F {
-    if constexpr (kSparse) {
-      return walk.row_table(o.weights, y, ch);
-    } else {
-      return walk.dense_cost(o.weights, ch);
-    }
-  };
-  walk.each_sum(sums, [&](const auto& ch, auto& s) {
-    const F z = walk.z_at(ch);
-    const F zs = z - m;
-    const F e = Math::exp(zs);
-    walk.keep(0, ch, e);
-    const auto top = zs == F(0);
-    walk.add_where(s, kRest, ch, !top, e);
-    walk.add_where(s, kCount, ch, top, F(1));
-    if (!kSparse || smooth) {
-      const F h = half_shift(z, half_max);
-      if (smooth) walk.add(s, kHalfMean, ch, h * inv_c);
-      if constexpr (!kSparse) {
-        const F t = walk.t_at(ch);
-        walk.add(s, kTSum, ch, t);
-        walk.add(s, kTDot, ch, t * h);
-        if (class_weight) walk.add(s, kWeightSum, ch, t * walk.class_values(o.weights, ch));
-        if (cost_weight) walk.add(s, kWeightSum, ch, t * walk.column(o.weights, jhat, ch, t));
-      }
-    }
-    if constexpr (kExpected) walk.add(s, kCostSum, ch, cost_of(ch) * e);
-  });
-
-  const F rest = walk.total(sums, kRest);
-  const F count = walk.total(sums, kCount);
-  // 0, or NaN for a row with a NaN or infinite logit (DESIGN 2.4).
-  const F nonfinite = rest * F(0) + (low - low);
-  const LogSumExp<F> lse_sum = log_sum_exp_with<Math>(rest, count);
-  const F lse = lse_sum.lse;
-  const F inv_sum = lse_sum.inv_sum;
-  const F t_sum = kSparse ? F(1) : walk.total(sums, kTSum);
-  const F t_dot_half =
-      kSparse ? half_shift(walk.row_value(y), half_max) : walk.total(sums, kTDot);
-  const F target_sum = smoothed_sum(t_sum, eps);
-  const F target_dot_half =
-      smooth ? smoothed_dot(t_dot_half, eps, walk.total(sums, kHalfMean))
-             : t_dot_half;
-  const F ce = cross_entropy_half(target_sum, lse, target_dot_half);
-  // Smoothed targets: a sparse row's are one of two values.
-  const F on = smooth_target(F(1), eps, inv_c);
-  const F off = smooth_target(F(0), eps, inv_c);
-  auto target = [&](const auto& ch) -> F {
-    if constexpr (kSparse) {
-      return select(walk.cls(ch) == y, on, off);
-    } else {
-      return smooth_target(walk.t_at(ch), eps, inv_c);
-    }
-  };
-
-  if constexpr (kExpected) {
-    const F lam = o.lam;
-    const F expected = walk.total(sums, kCostSum) * inv_sum;
-    if (backprop) {
-      const F factor = out_scale + nonfinite;
-      walk.each([&](const auto& ch) {
-        walk.write(ch, factor * expected_cost_grad(walk.kept(0, ch) * inv_sum, cost_of(ch),
-                                                   expected, lam, target(ch), target_sum));
-      });
-    }
-    return expected + lam * ce + nonfinite;
-  }
-
-  // Per-example weight from the unsmoothed target (DESIGN 2.1).
-  F w = 1;
-  if (class_weight) w = kSparse ? walk.lookup(o.weights, I(0), y) : walk.total(sums, kWeightSum);
-  if (cost_weight) w = kSparse ? walk.lookup(o.weights, y, jhat) : walk.total(sums, kWeightSum);
-  const F factor = out_scale * w + nonfinite;
-
-  if constexpr (Mode::kFocal) {
-    // Pass 3: sum_j ts_j phi_j / 2 and sum_j ts_j g_j; a sparse unsmoothed row has one term.
-    const F gamma = o.gamma;
-    const bool label_only = kSparse && !smooth;
-    F half_phi;
-    F sum_ts_g;
-    if (label_only) {
-      const FocalTerms<F> f = focal_terms_with<Math>(F(A(0.5)) * lse - t_dot_half, gamma);
-      half_phi = f.half_phi;
-      sum_ts_g = f.g;
-    } else {
-      enum { kPhi, kG, kFocalSums };
-      auto focal = walk.template sums<kFocalSums>();
-      walk.each_sum(focal, [&](const auto& ch, auto& s) {
-        const F ts = target(ch);
-        const FocalTerms<F> f = focal_terms_with<Math>(
-            F(A(0.5)) * lse - half_shift(walk.z_at(ch), half_max), gamma);
-        walk.keep(1, ch, f.g);
-        walk.add(s, kPhi, ch, ts * f.half_phi);
-        walk.add(s, kG, ch, ts * f.g);
-      });
-      half_phi = walk.total(focal, kPhi);
-      sum_ts_g = walk.total(focal, kG);
-    }
-    if (backprop) {
-      walk.each([&](const auto& ch) {
-        const F g = label_only ? sum_ts_g : walk.kept(1, ch);
-        walk.write(ch, focal_grad(factor, walk.kept(0, ch) * inv_sum, target(ch), g, sum_ts_g));
-      });
-    }
-    return F(2) * w * half_phi + nonfinite;
-  }
-
-  if (backprop) {
-    const F k = factor * target_sum * inv_sum;
-    if constexpr (kSparse) {
-      const F factor_on = factor * on;
-      const F factor_off = factor * off;
-      walk.each([&](const auto& ch) {
-        const F e = walk.kept(0, ch);
-        walk.write_onehot(ch, y, plain_grad(k, e, factor_off), plain_grad(k, e, factor_on));
-      });
-    } else {
-      const F factor_t = factor * (F(1) - eps);
-      const F factor_off = factor * off;
-      walk.each([&](const auto& ch) {
-        walk.write(ch, plain_grad(k, walk.kept(0, ch), factor_t * walk.t_at(ch) + factor_off));
-      });
-    }
-  }
-  return w * ce + nonfinite;
-}
 
 // block_sums of one call: block b = scale * sum over its rows of row_scale * loss, in double,
 // rows in order (TileWalk: lane-wise across its tiles, lanes added at the end).
@@ -776,8 +572,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
   using F = typename P::F;
   using I = typename P::I;
   const int64_t c = p.c;
-  const Options<A> o{p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma, p.ce_weight,
-                     p.weight_mode, p.weights};
+  const RowOptions<A> o = row_options(p);
   const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
   RowWalk<T, A> walk{c, nullptr, nullptr, nullptr, {scratch, scratch + stride}};
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
@@ -786,7 +581,8 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
     int64_t y = 0;
     if constexpr (Mode::kSparse) {
       y = label_at(p, row);
-      if (p.has_ignore_class && y == p.ignore_class) {
+      const LabelKind kind = classify_label(p, y);
+      if (kind == LabelKind::kIgnored) {
         if (p.loss != nullptr) p.loss[row] = 0;
         if (backprop) {
           T* out = p.backprop + row * c;
@@ -795,7 +591,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
         sums.add(row, 0.0);
         continue;
       }
-      if (y < 0 || y >= c) return row;
+      if (kind == LabelKind::kInvalid) return row;
     }
     walk.z = p.logits + row * c;
     walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
@@ -868,8 +664,7 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   using I = typename P::I;
   constexpr int W = P::kLanes;
   const int64_t c = p.c;
-  const Options<A> o{p.label_smoothing, A(1) / static_cast<A>(c), p.focal_gamma, p.ce_weight,
-                     p.weight_mode, p.weights};
+  const RowOptions<A> o = row_options(p);
   TileWalk<T, A, kC> walk(c);
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const bool backprop = p.backprop != nullptr;
@@ -938,32 +733,6 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
     if (p.c <= kSmallClasses) return rows_by_tile<Mode, 0>(p, begin, end);
   }
   return rows_by_row<Mode>(p, begin, end, scratch);
-}
-
-template <bool kSparse, bool kFocal, typename T, typename A>
-int64_t cross_entropy_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,
-                           A* scratch) {
-  constexpr SoftmaxLoss kCE = SoftmaxLoss::kCrossEntropy;
-  if (kFocal) return softmax_mode<Mode<kCE, kSparse, WeightMode::kNone, true>>(p, begin, end, scratch);
-  switch (p.weight_mode) {
-    case WeightMode::kClass:
-      return softmax_mode<Mode<kCE, kSparse, WeightMode::kClass, false>>(p, begin, end, scratch);
-    case WeightMode::kCost:
-      return softmax_mode<Mode<kCE, kSparse, WeightMode::kCost, false>>(p, begin, end, scratch);
-    default:
-      return softmax_mode<Mode<kCE, kSparse, WeightMode::kNone, false>>(p, begin, end, scratch);
-  }
-}
-
-template <bool kSparse, typename T, typename A>
-int64_t softmax_sparse_or_dense(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end,
-                                A* scratch) {
-  if (p.loss_kind == SoftmaxLoss::kExpectedCost) {
-    return softmax_mode<Mode<SoftmaxLoss::kExpectedCost, kSparse, WeightMode::kCost, false>>(
-        p, begin, end, scratch);
-  }
-  return p.focal_gamma != A(0) ? cross_entropy_mode<kSparse, true>(p, begin, end, scratch)
-                               : cross_entropy_mode<kSparse, false>(p, begin, end, scratch);
 }
 
 // Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
@@ -1078,8 +847,9 @@ int64_t sigmoid_range(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end,
 
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
-  return p.dense == nullptr ? softmax_sparse_or_dense<true>(p, begin, end, scratch)
-                            : softmax_sparse_or_dense<false>(p, begin, end, scratch);
+  return with_row_mode(p, [&](auto mode) {
+    return softmax_mode<decltype(mode)>(p, begin, end, scratch);
+  });
 }
 
 template <typename T, typename A>

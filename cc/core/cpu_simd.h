@@ -471,6 +471,11 @@ struct PackMath {
   static CX_INLINE Float select(Mask c, Float a, Float b) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
   }
+  static CX_INLINE Int select(Mask c, Int a, Int b) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  }
+  static CX_INLINE Float max(Float a, Float b) { return ::costxent::cpu::COSTXENT_CPU_ISA::max(a, b); }
+  static CX_INLINE Float min(Float a, Float b) { return ::costxent::cpu::COSTXENT_CPU_ISA::min(a, b); }
 };
 
 // ---------------------------------------------------------------------------------------
@@ -518,6 +523,11 @@ struct DblMath {
   static CX_INLINE Dbl select(bool c, Dbl a, Dbl b) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
   }
+  static CX_INLINE IntD select(bool c, IntD a, IntD b) {
+    return ::costxent::cpu::COSTXENT_CPU_ISA::select(c, a, b);
+  }
+  static CX_INLINE Dbl max(Dbl a, Dbl b) { return ::costxent::cpu::COSTXENT_CPU_ISA::max(a, b); }
+  static CX_INLINE Dbl min(Dbl a, Dbl b) { return ::costxent::cpu::COSTXENT_CPU_ISA::min(a, b); }
 };
 
 // What a kernel needs to know about its arithmetic: the pack, index and mask types, the

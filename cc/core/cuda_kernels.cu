@@ -1,27 +1,24 @@
-// CUDA implementation of the core kernels (cuda.h). The formulas come from row_math.h; this
-// file only decides which threads own which elements, and how they reduce.
+// CUDA implementation of the core kernels (cuda.h). The softmax row algorithm is
+// row_algorithm.h's, the one the CPU kernels run; this file only decides which threads own
+// which elements, and how they reduce.
 //
-// Softmax rows are walked by a *group* of threads: a power-of-two slice of a warp (several
-// rows per warp, small C), a whole block (medium C), or a cluster of blocks joined through
-// distributed shared memory (large C, sm_90). Every thread owns S slots of one 16-byte
-// vector each, anchored on the 16-byte boundaries of the logits, so full vectors load and
-// store with one instruction whatever the row's offset; the partial vectors at the ends of
-// a row go element by element. When the group's slots cover the row it stays in registers
-// and is read from memory once; rows longer than that (C beyond a cluster, or beyond a block
-// on GPUs without clusters) are walked in chunks, once per pass, re-reading from L2.
+// Softmax rows are held by a *group* of threads, as cuda_plan.h plans them by C: a thread
+// (C <= 8: 32 rows a warp), a power-of-two slice of a warp, a whole block, or a cluster of
+// blocks joined through distributed shared memory (sm_90). Every thread owns S slots of one
+// 16-byte vector each, anchored on the 16-byte boundaries of the logits, so full vectors
+// load and store with one instruction whatever the row's offset; the partial vectors at the
+// ends of a row go element by element. When the group's slots cover the row it stays in
+// registers, is read from memory once and exp(z - max) is computed once per element; rows
+// longer than that are walked in chunks, once per pass, re-reading from L2.
 //
-// A row needs one reduction over the group: each thread summarises its elements relative to
-// its own maximum (the sum of exp(z - max), the sums of half-shifted logits and of the
-// targets' terms; row_math.h's notation) and the summaries combine by rescaling to the
-// larger maximum (the "online softmax" merge), so the maximum and every sum of the loss
-// arrive together, and exp(z - max) computed for the sum is kept in registers for the
-// gradient. The focal loss and a dense cost-matrix weight need one more reduction, because
-// their terms depend on the row's log-sum-exp or its argmax.
+// The algorithm reduces twice per row (three times for focal rows with smoothing or dense
+// labels): the max, min, argmax and z_y in one step, then every sum of the loss in one
+// step. Each reduction is a fixed tree - a butterfly over the group's lanes, one over the
+// block's warps, one over the cluster's blocks - with no atomics, so results are bitwise
+// reproducible and every thread of a group gets the same bits.
 //
 // Each element is read and written only by the thread that owns it, and every gradient
 // write comes after the group's last reduction over the row, so backprop may alias logits.
-// Reductions are fixed butterfly / in-order trees with no atomics: results are bitwise
-// reproducible, and every thread of a group gets the same bits.
 //
 // Block sums (problem.h) are deterministic without atomics: rows are dealt out in *chunks*
 // of a power of two of rows that divides kReduceBlockRows, each chunk to one group, which
@@ -42,8 +39,10 @@
 
 #include "cc/core/cpu_isa.h"
 #include "cc/core/cuda.h"
+#include "cc/core/cuda_plan.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
+#include "cc/core/row_algorithm.h"
 #include "cc/core/row_math.h"
 
 namespace costxent {
@@ -56,23 +55,10 @@ namespace {
 
 // Elements per 16-byte vector.
 template <typename T>
-constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+constexpr int kVec = vector_elements(static_cast<int>(sizeof(T)));
 
-// Slots per thread of a block group: 8 row values (4 doubles), which keeps a 1024-thread
-// block within 64 registers (a warp group, for rows of up to 32 vectors, has one slot per
-// thread).
-template <typename T>
-constexpr int kSlots = kVec<T> >= 8 ? 1 : (sizeof(T) == 8 ? 2 : 8 / kVec<T>);
-
-constexpr int kRowBlock = 256;  // block size when a block holds several row groups
-constexpr int kMaxBlock = 1024;
-constexpr int kPortableCluster = 8;
-constexpr int kMaxCluster = 16;  // Hopper's non-portable limit
 constexpr int kFlatBlock = 256;
-constexpr int kSlotBytes = 80;  // the largest value reduced at once (a RowStat of doubles)
-// Indices inside a row are 32-bit (offsets into arrays are 64-bit); a row's span of
-// vectors may reach this far past c.
-constexpr int64_t kMaxClasses = INT32_MAX - 64;
+constexpr int kSlotBytes = 80;  // the largest value reduced at once (Sums of 7 doubles)
 // Chunks are made small enough to give about this many warps work: two waves of an
 // H100/H200 (132 SMs x 64 warps), so the last, partial wave costs little.
 constexpr int64_t kTargetWarps = 16384;
@@ -178,16 +164,17 @@ __device__ __forceinline__ double warp_leader_sum(double v, int width) {
 // walk this group's chunks, first_row() / row_stride() its rows inside one, and
 // write_partial() stores the chunk's sum of the leaders' partials.
 
-// `width` lanes of one warp (a power of two up to 32); a chunk per warp, whose 32 / width
-// groups take consecutive rows.
+// `width` lanes of one warp (a power of two up to 32; 1: a thread per row), S slots each; a
+// chunk per warp, whose 32 / width groups take consecutive rows.
+template <int S>
 class WarpGroup {
  public:
-  static constexpr int kSlotsPerThread = 1;
-  static constexpr bool kChunked = false;  // the launcher makes the slots cover the row
+  static constexpr int kSlotsPerThread = S;
+  static constexpr bool kChunked = false;  // the planner makes the slots cover the row
   static constexpr int kMaxThreads = kRowBlock;
-  // 64 registers, as for a full block: one vector per thread in flight, so the occupancy
-  // is what hides memory latency.
-  static constexpr int kMinBlocks = 2048 / kRowBlock / 2;
+  // At most 128 registers (512 threads an SM): at 64 the row's values, their exps and the
+  // gradient of a thread-per-row spilled (ptxas, sm_90).
+  static constexpr int kMinBlocks = 2;
 
   __device__ WarpGroup(int width, int) : width_(width) {
     const int lane = threadIdx.x & 31;
@@ -304,7 +291,7 @@ struct Sums {
 };
 
 template <typename A, int N>
-__device__ __forceinline__ Sums<A, N> add(const Sums<A, N>& a, const Sums<A, N>& b) {
+__device__ __forceinline__ Sums<A, N> add_sums(const Sums<A, N>& a, const Sums<A, N>& b) {
   Sums<A, N> out;
 #pragma unroll
   for (int k = 0; k < N; ++k) out.v[k] = a.v[k] + b.v[k];
@@ -312,233 +299,65 @@ __device__ __forceinline__ Sums<A, N> add(const Sums<A, N>& a, const Sums<A, N>&
 }
 
 // ---------------------------------------------------------------------------------------
-// Softmax modes, fixed at compile time: which loss, and sparse or dense labels. The weight
-// mode stays a run-time choice: it only changes which weight one row loads (one branch per
-// row, the same in every thread), except a dense cost-matrix weight, which costs a
-// reduction.
+// The softmax row: row_algorithm.h's softmax_row over a walker of this thread's share.
 
-enum class Kind { kCrossEntropy, kFocal, kExpectedCost };
-
-template <Kind K, bool kDenseLabels>
-struct Mode {
-  static constexpr Kind kKind = K;
-  static constexpr bool kDense = kDenseLabels;
+// A thread's lanes are scalars; row_math.h's StdMath is CUDA's accurate device functions.
+template <typename A>
+struct ThreadPacks {
+  using F = A;
+  using I = int;
+  using Math = StdMath;
 };
 
-// The sums one row's reduction carries beside the maximum, in RowStat::v in this order.
-// Three kinds of entry: exp-weighted sums (of exp(z - max) over the elements below the max,
-// of cost * exp(z - max)) rescale by exp(max_thread - max) when summaries merge;
-// shift-linear sums of the half-shifted logits h = z / 2 - max / 2 (of h / C, of t h) gain
-// coef * (max_thread / 2 - max / 2), their coefficients (the share of classes, count / C,
-// and the sum of t) following them in the same order; the rest add plainly. Summed as
-// h / C and count / C, the smoothing mean cannot leave the float range.
-enum Field {
-  kExpRest,
-  kCostSum,
-  kHalfMean,
-  kTargetDotHalf,
-  kShare,
-  kTargetSum,
-  kLabelLogit,   // z_y of a sparse label
-  kClassWeight,  // sum t_j a_j of dense labels
-  kFields
+// One element of this thread's slots: slot s, element i of its vector (compile-time
+// constants once the visits unroll, so the register arrays stay in registers), its class j.
+struct Element {
+  static constexpr int kSlot = 0;
+  int s;
+  int i;
+  int j;
+  bool valid;  // j in [0, c): the padding of a vector that sticks out of the row is not
 };
 
-template <typename M>
-struct Layout {
-  static constexpr bool has(Field f) {
-    const bool expected = M::kKind == Kind::kExpectedCost;
-    const bool smoothing = M::kKind != Kind::kFocal;  // mean h, for eps
-    const bool targets = M::kDense && M::kKind != Kind::kFocal;
-    switch (f) {
-      case kExpRest:
-        return true;
-      case kCostSum:
-        return expected;
-      case kHalfMean:
-      case kShare:
-        return smoothing;
-      case kTargetDotHalf:
-      case kTargetSum:
-        return targets;
-      case kLabelLogit:
-        return !M::kDense;
-      case kClassWeight:
-        return M::kDense && !expected;
-      default:
-        return false;
-    }
-  }
-  static constexpr int at(Field f) {
+// Sums of a pass: only the fields in the mask kLive are stored and reduced.
+template <typename A, int N, unsigned kLive>
+struct LiveSums {
+  // The live fields below `field`.
+  static constexpr int at(int field) {
     int k = 0;
-    for (int e = 0; e < f; ++e) k += has(static_cast<Field>(e));
+    for (int f = 0; f < field; ++f) k += (kLive >> f) & 1u;
     return k;
   }
-  static constexpr int kExpN = at(kHalfMean);
-  static constexpr int kLinN = at(kShare) - kExpN;
-  static constexpr int kN = at(kFields);
+  static constexpr int kCount = at(N);
+  Sums<A, kCount> s;
 };
 
-// A summary of some of a row's elements: their maximum and its lowest index, how many reach
-// it (their exp(z - max) is exactly 1, kept apart from the rest for log_sum_exp_with), a sum
-// of (z - z) that is NaN iff some z is not finite, and the sums of Layout relative to max.
-template <typename A, typename M>
-struct RowStat {
+__device__ __forceinline__ int bit_order(float x) { return __float_as_int(x); }
+__device__ __forceinline__ long long bit_order(double x) { return __double_as_longlong(x); }
+
+template <typename A>
+struct RowExtremes {
   A max;
-  A at_max;
-  A nonfinite;
-  A v[Layout<M>::kN];  // Layout's fields
+  A min;
+  A label_logit;  // z_y of a sparse label: one thread's z_y, the others' 0
   int arg;
 };
 
-template <typename A, typename M>
-__device__ __forceinline__ RowStat<A, M> empty_stat() {
-  RowStat<A, M> s;
-  s.max = -INFINITY;
-  s.at_max = A(0);
-  s.nonfinite = A(0);
-#pragma unroll
-  for (int k = 0; k < Layout<M>::kN; ++k) s.v[k] = A(0);
-  s.arg = INT_MAX;
-  return s;
-}
-
-// Products that are never fused into a neighbouring add: merge(a, b) and merge(b, a) must
-// give the same bits, and a contraction of x * fx + y * fy into fma(x, fx, y * fy) would
-// round the two orders differently.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-
-// coef * d, where an empty sum (coef 0) contributes 0 even when d is infinite (an empty
-// summary's max is -inf).
+// Commutative to the bit (butterfly lanes combine in both orders): ties of the max go to
+// the lower index, then to the larger bit pattern (+0 over -0).
 template <typename A>
-__device__ __forceinline__ A shift_term(A coef, A d) {
-  return coef == A(0) ? A(0) : mul_rn(coef, d);
-}
-
-// The online-softmax merge; commutative to the bit.
-template <typename A, typename M>
-__device__ __forceinline__ RowStat<A, M> merge(const RowStat<A, M>& a, const RowStat<A, M>& b) {
-  using L = Layout<M>;
-  const bool take_b = b.max > a.max || (b.max == a.max && b.arg < a.arg);
-  RowStat<A, M> r;
+__device__ __forceinline__ RowExtremes<A> combine_extremes(const RowExtremes<A>& a,
+                                                            const RowExtremes<A>& b) {
+  const bool take_b =
+      b.max > a.max ||
+      (b.max == a.max && (b.arg < a.arg || (b.arg == a.arg && bit_order(b.max) > bit_order(a.max))));
+  RowExtremes<A> r;
   r.max = take_b ? b.max : a.max;
   r.arg = take_b ? b.arg : a.arg;
-  r.nonfinite = a.nonfinite + b.nonfinite;
-  // A summary at the merged max needs no rescaling (two empty ones: -inf - -inf is NaN).
-  const bool a_top = a.max == r.max;
-  const bool b_top = b.max == r.max;
-  const A half_max = A(0.5) * r.max;
-  const A fa = a_top ? A(1) : exp(a.max - r.max);
-  const A fb = b_top ? A(1) : exp(b.max - r.max);
-  const A ha = a_top ? A(0) : half_shift(a.max, half_max);
-  const A hb = b_top ? A(0) : half_shift(b.max, half_max);
-  r.at_max = (a_top ? a.at_max : A(0)) + (b_top ? b.at_max : A(0));
-  r.v[L::at(kExpRest)] = (a_top ? a.v[L::at(kExpRest)] : mul_rn(a.v[L::at(kExpRest)] + a.at_max, fa)) +
-                         (b_top ? b.v[L::at(kExpRest)] : mul_rn(b.v[L::at(kExpRest)] + b.at_max, fb));
-#pragma unroll
-  for (int k = L::at(kExpRest) + 1; k < L::kExpN; ++k)
-    r.v[k] = mul_rn(a.v[k], fa) + mul_rn(b.v[k], fb);
-#pragma unroll
-  for (int k = L::kExpN; k < L::kExpN + L::kLinN; ++k)
-    r.v[k] = (a.v[k] + shift_term(a.v[k + L::kLinN], ha)) +
-             (b.v[k] + shift_term(b.v[k + L::kLinN], hb));
-#pragma unroll
-  for (int k = L::kExpN + L::kLinN; k < L::kN; ++k) r.v[k] = a.v[k] + b.v[k];
+  r.min = a.min < b.min ? a.min : b.min;
+  r.label_logit = a.label_logit + b.label_logit;
   return r;
 }
-
-// ---------------------------------------------------------------------------------------
-// A row as the group sees it: this thread's slots, chunk by chunk.
-
-template <typename T, typename A, typename Group, bool kDense>
-class RowWalker {
- public:
-  static constexpr int V = kVec<T>;
-  static constexpr int S = Group::kSlotsPerThread;
-
-  // dense: the row of dense labels (kDense), else the sparse label y.
-  __device__ RowWalker(const T* z, const T* dense, int y, int c, const Group& g)
-      : row_(z), dense_(dense), y_(y), c_(c), group_size_(g.size()), rank_(g.rank()) {
-    head_ = misalignment(z);
-    if (Group::kChunked) {
-      const int vectors = (head_ + c + V - 1) / V;
-      const int per_chunk = group_size_ * S;
-      chunks_ = (vectors + per_chunk - 1) / per_chunk;
-    }
-  }
-
-  // One chunk: the whole row when its slots cover it, so values set by one pass are still
-  // there in the next.
-  __device__ bool resident() const { return chunks_ == 1; }
-
-  // f(chunk) for each chunk, its logits loaded into slot(s) (zero outside the row). Every
-  // thread of the group makes the same calls.
-  template <typename F>
-  __device__ void chunks(F f) {
-    for (int chunk = 0; chunk < chunks_; ++chunk) {
-      if (chunk != loaded_) {
-#pragma unroll
-        for (int s = 0; s < S; ++s) load_acc<V>(row_, first(chunk, s), 0, c_, values_[s]);
-        loaded_ = chunk;
-      }
-      f(chunk);
-    }
-  }
-
-  // Slot s of a chunk: vector (chunk * S + s) * group_size + rank of the row's span, which
-  // starts head_ elements before the row so that vectors fall on 16-byte boundaries.
-  __device__ int first(int chunk, int s) const {
-    return ((chunk * S + s) * group_size_ + rank_) * V - head_;
-  }
-  __device__ A (&slot(int s))[V] { return values_[s]; }
-
-  // The unsmoothed targets of [j0, j0 + V), zero outside the row.
-  __device__ void targets(int j0, A (&t)[V]) const {
-    if (kDense) {
-      load_acc<V>(dense_, j0, 0, c_, t);
-    } else {
-#pragma unroll
-      for (int i = 0; i < V; ++i) t[i] = j0 + i == y_ ? A(1) : A(0);
-    }
-  }
-
-  // out_j = f(j, slot value, t_j) for this thread's elements.
-  template <typename F>
-  __device__ void write(T* out, F f) {
-    chunks([&](int chunk) {
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        const int j0 = first(chunk, s);
-        A t[V];
-        targets(j0, t);
-        store<V>(out, j0, 0, c_, [&](int i) { return f(j0 + i, values_[s][i], t[i]); });
-      }
-    });
-  }
-
-  // out_j = value, without reading the row.
-  __device__ void fill(T* out, A value) const {
-    for (int chunk = 0; chunk < chunks_; ++chunk)
-#pragma unroll
-      for (int s = 0; s < S; ++s) store<V>(out, first(chunk, s), 0, c_, [&](int) { return value; });
-  }
-
-  __device__ bool in_row(int j) const { return j >= 0 && j < c_; }
-  __device__ const T* dense() const { return dense_; }
-
- private:
-  const T* row_;
-  const T* dense_;
-  int y_;
-  int c_;
-  int group_size_;
-  int rank_;
-  int head_;
-  int chunks_ = 1;
-  int loaded_ = -1;
-  A values_[S][V];  // this thread's slots of the loaded chunk
-};
 
 // c_j = sum_k t_k M[k, j] for the slot's columns, over the nonzero t_k (DESIGN 2.2 with
 // dense labels). Each warp scans the target row 32 (or the group's lanes) at a time and
@@ -569,275 +388,229 @@ __device__ void dense_costs(const Group& g, const T* t, const A* cost, int c, in
   }
 }
 
-// One softmax row (DESIGN 2.1, 2.2); the CPU's softmax_row in cpu_kernels.cc, with the
-// passes over a scratch row replaced by passes over the group's slots. Writes the loss and
-// the gradient scaled by row_scale * scale; returns row_scale * loss in double (0 for an
-// ignored row) for the block sums, in every thread of the group.
+// A row held by a group (WarpGroup, BlockGroup): this thread's slots of it, in registers. A
+// row longer than the group's slots (Group::kChunked, the kChunked regime) is visited chunk
+// by chunk, each pass loading its chunks again, and keeps nothing between passes.
+template <typename T, typename A, typename Group, bool kDense>
+class GroupWalk {
+ public:
+  using P = ThreadPacks<A>;
+  using F = A;
+  using I = int;
+  static constexpr int kSlots = 1;
+  static constexpr int V = kVec<T>;
+  static constexpr int S = Group::kSlotsPerThread;
+
+  __device__ GroupWalk(const T* z, const T* t, T* out, int y, int c, Group& g)
+      : z_(z), t_(t), out_(out), y_(y), c_(c), g_(g), head_(misalignment(z)) {
+    if (Group::kChunked) {
+      const int64_t vectors = (head_ + c + V - 1) / V;
+      const int64_t per_chunk = static_cast<int64_t>(g.size()) * S;
+      chunks_ = static_cast<int>((vectors + per_chunk - 1) / per_chunk);
+    }
+  }
+  __device__ bool resident() const { return !Group::kChunked || chunks_ == 1; }
+
+  // Passes 1-3 read; each() is the write pass: its elements' write()s are stored a vector
+  // at a time (one rounding to T each).
+  template <typename Fn>
+  __device__ void each_slot(Fn&& fn) {
+    visit(fn, false);
+  }
+  template <typename Sum, typename Fn>
+  __device__ void each_sum(Sum& s, Fn&& fn) {
+    visit([&](const Element& e) { fn(e, s); }, false);
+  }
+  template <typename Fn>
+  __device__ void each(Fn&& fn) {
+    visit(fn, true);
+  }
+
+  __device__ A z_at(const Element& e) const { return z_regs_[e.s][e.i]; }
+  __device__ A t_at(const Element& e) const { return t_regs_[e.s][e.i]; }
+  __device__ int cls(const Element& e) const { return e.valid ? e.j : 0; }
+
+  template <int N, unsigned kLive>
+  __device__ LiveSums<A, N, kLive> sums() const {
+    return {};
+  }
+  template <int N, unsigned kLive>
+  __device__ void add(LiveSums<A, N, kLive>& s, int field, const Element& e, A v) const {
+    if (e.valid) s.s.v[LiveSums<A, N, kLive>::at(field)] += v;
+  }
+  template <int N, unsigned kLive>
+  __device__ void add_where(LiveSums<A, N, kLive>& s, int field, const Element& e, bool m,
+                            A v) const {
+    if (e.valid && m) s.s.v[LiveSums<A, N, kLive>::at(field)] += v;
+  }
+  template <int N, unsigned kLive>
+  __device__ void reduce(LiveSums<A, N, kLive>& s) {
+    constexpr int K = LiveSums<A, N, kLive>::kCount;
+    s.s = g_.reduce(s.s, add_sums<A, K>, Sums<A, K>{});
+  }
+  template <int N, unsigned kLive>
+  __device__ A total(const LiveSums<A, N, kLive>& s, int field) const {
+    return s.s.v[LiveSums<A, N, kLive>::at(field)];
+  }
+  // One reduction for the max, the min, the argmax and z_y.
+  __device__ Extremes<A, int> extremes(A max, A min, int arg, bool) {
+    const RowExtremes<A> r =
+        g_.reduce(RowExtremes<A>{max, min, label_local_, arg}, combine_extremes<A>,
+                  RowExtremes<A>{-INFINITY, INFINITY, A(0), INT_MAX});
+    label_logit_ = r.label_logit;
+    return {r.max, r.min, r.arg};
+  }
+
+  __device__ void keep(int slot, const Element& e, A v) {
+    if (resident()) kept_[slot][e.s][e.i] = v;
+  }
+  template <typename Recompute>
+  __device__ A kept(int slot, const Element& e, Recompute&& recompute) const {
+    return resident() ? kept_[slot][e.s][e.i] : recompute();
+  }
+
+  __device__ void write(const Element& e, A v) { out_regs_[e.s][e.i] = v; }
+  __device__ void write_onehot(const Element& e, int y, A off, A on) {
+    write(e, e.j == y ? on : off);
+  }
+  // out_j = value for this thread's elements, without reading the row.
+  __device__ void fill(A value) const {
+    for (int chunk = 0; chunk < chunks_; ++chunk)
+#pragma unroll
+      for (int s = 0; s < S; ++s) store<V>(out_, first(chunk, s), int64_t{0}, int64_t{c_}, [&](int) { return value; });
+  }
+  __device__ bool abandon(A max, A min, bool backprop) const {
+    if (max < A(INFINITY) && min > A(-INFINITY)) return false;
+    if (backprop) fill(quiet_nan(A(0)));
+    return true;
+  }
+
+  __device__ A class_values(const A* table, const Element& e) const {
+    return e.valid ? __ldg(table + e.j) : A(0);
+  }
+  __device__ A row_table(const A* table, int row, const Element& e) const {
+    return e.valid ? __ldg(table + static_cast<int64_t>(row) * c_ + e.j) : A(0);
+  }
+  __device__ A column(const A* table, int col, const Element& e, A t) const {
+    return e.valid && t != A(0) ? __ldg(table + static_cast<int64_t>(e.j) * c_ + col) : A(0);
+  }
+  __device__ A lookup(const A* table, int row, int col) const {
+    return __ldg(table + static_cast<int64_t>(row) * c_ + col);
+  }
+  __device__ A row_value(int) const { return label_logit_; }
+  // c_j = sum_k t_k M[k, j] (DESIGN 2.2, dense labels): a resident row's, per slot, now; a
+  // chunked row's one element at a time in dense_cost.
+  __device__ void prepare_dense_costs(const A* m) {
+    if (!resident()) return;
+#pragma unroll
+    for (int s = 0; s < S; ++s) dense_costs<T, A, V>(g_, t_, m, c_, slot_first(0, s), costs_[s]);
+  }
+  __device__ A dense_cost(const A* m, const Element& e) const {
+    if (resident()) return costs_[e.s][e.i];
+    A cost = A(0);
+    if (!e.valid) return cost;
+    for (int k = 0; k < c_; ++k) {
+      const A tk = to_acc(t_[k]);
+      if (tk != A(0)) cost += tk * __ldg(m + static_cast<int64_t>(k) * c_ + e.j);
+    }
+    return cost;
+  }
+
+ private:
+  // Slot s of a chunk: vector (chunk * S + s) * group size + rank of the row's span, which
+  // starts head_ elements before the row so that vectors fall on 16-byte boundaries.
+  __device__ int64_t first(int chunk, int s) const {
+    return ((static_cast<int64_t>(chunk) * S + s) * g_.size() + g_.rank()) * V - head_;
+  }
+  __device__ int slot_first(int chunk, int s) const {
+    const int64_t j0 = first(chunk, s);
+    return j0 < c_ ? static_cast<int>(j0) : c_;  // past the row: any index >= c
+  }
+
+  // This thread's vectors of a chunk into registers; the padding reads as z_0 (neutral for
+  // the max and the min, and class 0 by cls()), read in pass 1, before any gradient write.
+  __device__ void load(int chunk) {
+    if (chunk == loaded_) return;
+    if (loaded_ < 0) pad_ = to_acc(z_[0]);
+    loaded_ = chunk;
+    const A pad = pad_;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t j0 = first(chunk, s);
+      load_acc<V>(z_, j0, int64_t{0}, int64_t{c_}, z_regs_[s]);
+      if constexpr (kDense) load_acc<V>(t_, j0, int64_t{0}, int64_t{c_}, t_regs_[s]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int64_t j = j0 + i;
+        if (j < 0 || j >= c_) z_regs_[s][i] = pad;
+        if (!kDense && j == y_) label_local_ = z_regs_[s][i];
+      }
+    }
+  }
+
+  template <typename Fn>
+  __device__ void visit(Fn&& fn, bool writes) {
+    for (int chunk = 0; chunk < chunks_; ++chunk) {
+      load(chunk);
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const int64_t j0 = first(chunk, s);
+        if (j0 + V <= 0 || j0 >= c_) continue;  // the vector is all padding
+        const int j = static_cast<int>(j0);  // in (-V, c)
+#pragma unroll
+        for (int i = 0; i < V; ++i) fn(Element{s, i, j + i, j + i >= 0 && j + i < c_});
+        if (writes) store<V>(out_, j0, int64_t{0}, int64_t{c_}, [&](int i) { return out_regs_[s][i]; });
+      }
+    }
+  }
+
+  const T* z_;
+  const T* t_;
+  T* out_;
+  int y_;
+  int c_;
+  Group& g_;
+  int head_;
+  int chunks_ = 1;
+  int loaded_ = -1;
+  A pad_ = A(0);
+  A label_local_ = A(0);  // z_y where this thread holds y
+  A label_logit_ = A(0);  // z_y, after extremes()
+  A z_regs_[S][V];
+  A t_regs_[kDense ? S : 1][kDense ? V : 1];
+  A kept_[2][S][V];
+  A out_regs_[S][V];
+  A costs_[kDense ? S : 1][kDense ? V : 1];
+};
+
+// One softmax row (DESIGN 2.1, 2.2) by the group: writes the loss and the gradient scaled
+// by row_scale * scale; returns row_scale * loss in double (0 for an ignored row) for the
+// block sums, in every thread of the group.
 template <typename M, typename T, typename A, typename Group>
-__device__ double softmax_row(const SoftmaxProblem<T, A>& p, int64_t row, Group& g) {
-  using L = Layout<M>;
-  constexpr int V = kVec<T>;
-  constexpr int S = Group::kSlotsPerThread;
+__device__ double group_row(const SoftmaxProblem<T, A>& p, const RowOptions<A>& o, int64_t row,
+                            Group& g) {
   const int c = static_cast<int>(p.c);
-  bool ignored = false;
-  bool bad_label = false;
-  int y = -1;
-  if (!M::kDense) {
-    const int64_t label = label_at(p, row);
-    ignored = p.has_ignore_class && label == p.ignore_class;
-    bad_label = !ignored && (label < 0 || label >= c);
-    if (!ignored && !bad_label) y = static_cast<int>(label);
-  }
   const int64_t offset = row * p.c;
-  RowWalker<T, A, Group, M::kDense> walk(p.logits + offset, M::kDense ? p.dense + offset : nullptr,
-                                          y, c, g);
   T* out = p.backprop != nullptr ? p.backprop + offset : nullptr;
-  auto finish = [&](A loss, A grad, double term) {
-    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
-    if (out != nullptr) walk.fill(out, grad);
-    return term;
-  };
-  const A nan = quiet_nan(A(0));
-  if (ignored) return finish(A(0), A(0), 0.0);
-  if (bad_label) return finish(nan, nan, static_cast<double>(nan));
-
+  int y = -1;
+  if constexpr (M::kSparse) {
+    const int64_t label = label_at(p, row);
+    const LabelKind kind = classify_label(p, label);
+    if (kind != LabelKind::kClass) {
+      const A value = kind == LabelKind::kIgnored ? A(0) : quiet_nan(A(0));
+      GroupWalk<T, A, Group, false> walk(p.logits + offset, nullptr, out, -1, c, g);
+      if (g.leader() && p.loss != nullptr) p.loss[row] = value;
+      if (out != nullptr) walk.fill(value);
+      return static_cast<double>(value);
+    }
+    y = static_cast<int>(label);
+  }
+  GroupWalk<T, A, Group, !M::kSparse> walk(p.logits + offset,
+                                            M::kSparse ? nullptr : p.dense + offset, out, y, c, g);
   const A rs = p.row_scale != nullptr ? __ldg(p.row_scale + row) : A(1);
-  const A f = rs * p.scale;  // the gradient's scale
-  const A eps = p.label_smoothing;
-  const bool smoothing = eps != A(0);
-  const A inv_c = A(1) / static_cast<A>(c);
-  const bool sparse_focal_label_only = M::kKind == Kind::kFocal && !M::kDense && !smoothing;
-  // exp(z - max_thread) replaces z in the registers when no later pass needs z.
-  const bool cache_exp =
-      walk.resident() && (M::kKind != Kind::kFocal || sparse_focal_label_only);
-  const bool class_weight = p.weight_mode == WeightMode::kClass;
-  const A* cost_row = M::kDense ? p.weights : p.weights + static_cast<int64_t>(y) * c;
-  auto costs = [&](int j0, A(&cost)[V]) {
-    if (M::kDense) {
-      dense_costs<T, A, V>(g, walk.dense(), p.weights, c, j0, cost);
-    } else {
-#pragma unroll
-      for (int i = 0; i < V; ++i) cost[i] = walk.in_row(j0 + i) ? __ldg(cost_row + j0 + i) : A(0);
-    }
-  };
-
-  // This thread's summary, merged chunk by chunk.
-  RowStat<A, M> st = empty_stat<A, M>();
-  walk.chunks([&](int chunk) {
-    RowStat<A, M> cs = empty_stat<A, M>();
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int j0 = walk.first(chunk, s);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const A zj = walk.slot(s)[i];
-        if (!walk.in_row(j0 + i)) continue;
-        cs.nonfinite += zj - zj;
-        if (zj > cs.max) {
-          cs.max = zj;
-          cs.arg = j0 + i;
-        }
-      }
-    }
-    const A m = cs.max;
-    const A half_m = A(0.5) * m;
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int j0 = walk.first(chunk, s);
-      A t[V];
-      if (L::has(kTargetSum) || (L::has(kClassWeight) && class_weight)) walk.targets(j0, t);
-      A cost[V];
-      if constexpr (L::has(kCostSum)) costs(j0, cost);
-      A(&z)[V] = walk.slot(s);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int j = j0 + i;
-        if (!walk.in_row(j)) continue;
-        const A e = exp(z[i] - m);
-        const bool top = z[i] == m;
-        cs.at_max += top ? A(1) : A(0);
-        cs.v[L::at(kExpRest)] += top ? A(0) : e;
-        if constexpr (L::has(kCostSum)) cs.v[L::at(kCostSum)] += cost[i] * e;
-        const A h = half_shift(z[i], half_m);
-        if constexpr (L::has(kHalfMean)) {
-          if (smoothing) {
-            cs.v[L::at(kHalfMean)] += h * inv_c;
-            cs.v[L::at(kShare)] += inv_c;
-          }
-        }
-        if constexpr (L::has(kTargetSum)) {
-          cs.v[L::at(kTargetDotHalf)] += t[i] * h;
-          cs.v[L::at(kTargetSum)] += t[i];
-        }
-        if constexpr (L::has(kLabelLogit)) {
-          if (j == y) cs.v[L::at(kLabelLogit)] = z[i];
-        }
-        if constexpr (L::has(kClassWeight)) {
-          if (class_weight) cs.v[L::at(kClassWeight)] += t[i] * __ldg(p.weights + j);
-        }
-        if (cache_exp) z[i] = e;
-      }
-    }
-    st = chunk == 0 ? cs : merge(st, cs);
-  });
-  const A thread_max = st.max;
-  st = g.reduce(st, merge<A, M>, empty_stat<A, M>());
-  if (!(st.nonfinite == A(0))) return finish(nan, nan, static_cast<double>(nan));
-
-  const A m = st.max;
-  const A half_m = A(0.5) * m;
-  const int jhat = st.arg;  // lowest index on ties
-  const A rest = st.v[L::at(kExpRest)];
-  const LogSumExp<A> lse_and_inv = log_sum_exp_with<StdMath>(rest, st.at_max);
-  const A lse = lse_and_inv.lse;
-  const A inv_sum = lse_and_inv.inv_sum;
-  // e_j = exp(z_j - m) from a slot value: exp(z - max_thread) cached, or z.
-  const A cached_scale = exp(thread_max - m);
-  auto expo = [&](A v) { return cache_exp ? v * cached_scale : exp(v - m); };
-  auto prob = [&](A v) { return expo(v) * inv_sum; };
-  auto smooth = [&](A tj) { return smooth_target(tj, eps, inv_c); };
-
-  A target_sum = A(1);
-  A ce = A(0);
-  if constexpr (L::has(kHalfMean)) {
-    A t_sum = A(1);
-    A t_dot_half;
-    if constexpr (L::has(kTargetSum)) {
-      t_sum = st.v[L::at(kTargetSum)];
-      t_dot_half = st.v[L::at(kTargetDotHalf)];
-    } else {
-      t_dot_half = half_shift(st.v[L::at(kLabelLogit)], half_m);
-    }
-    target_sum = smoothed_sum(t_sum, eps);
-    ce = cross_entropy_half(
-        target_sum, lse,
-        smoothing ? smoothed_dot(t_dot_half, eps, st.v[L::at(kHalfMean)]) : t_dot_half);
-  }
-
-  if constexpr (M::kKind == Kind::kExpectedCost) {
-    const A lam = p.ce_weight;
-    const A expected = st.v[L::at(kCostSum)] * inv_sum;
-    const A loss = expected + lam * ce;
-    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
-    if (out != nullptr) {
-      walk.chunks([&](int chunk) {
-#pragma unroll
-        for (int s = 0; s < S; ++s) {
-          const int j0 = walk.first(chunk, s);
-          A t[V], cost[V];
-          walk.targets(j0, t);
-          costs(j0, cost);
-          store<V>(out, j0, 0, c, [&](int i) {
-            return f * expected_cost_grad(prob(walk.slot(s)[i]), cost[i], expected, lam,
-                                          smooth(t[i]), target_sum);
-          });
-        }
-      });
-    }
-    return static_cast<double>(rs) * static_cast<double>(loss);
-  } else {
-    // Per-example weight from the unsmoothed target (DESIGN 2.1); a dense cost-matrix weight
-    // needs jhat, so it is reduced here (with the focal sums when there are any).
-    const bool dense_cost = M::kDense && p.weight_mode == WeightMode::kCost;
-    A w = A(1);
-    if constexpr (M::kDense) {
-      if (class_weight) w = st.v[L::at(kClassWeight)];
-    } else {
-      if (class_weight) w = __ldg(p.weights + y);
-      if (p.weight_mode == WeightMode::kCost) w = __ldg(p.weights + static_cast<int64_t>(y) * c + jhat);
-    }
-
-    if constexpr (M::kKind == Kind::kCrossEntropy) {
-      if (dense_cost) {
-        Sums<A, 1> r{};
-        walk.chunks([&](int chunk) {
-#pragma unroll
-          for (int s = 0; s < S; ++s) {
-            const int j0 = walk.first(chunk, s);
-            A t[V];
-            walk.targets(j0, t);
-#pragma unroll
-            for (int i = 0; i < V; ++i)
-              if (walk.in_row(j0 + i))
-                r.v[0] += t[i] * __ldg(p.weights + static_cast<int64_t>(j0 + i) * c + jhat);
-          }
-        });
-        w = g.reduce(r, add<A, 1>, Sums<A, 1>{}).v[0];
-      }
-      const A loss = w * ce;
-      if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
-      const A wf = w * f;
-      const A k = wf * target_sum * inv_sum;
-      if (out != nullptr) {
-        if (cache_exp) {
-          const A k_thread = k * cached_scale;
-          walk.write(out, [&](int, A v, A tj) { return plain_grad(k_thread, v, wf * smooth(tj)); });
-        } else {
-          walk.write(out, [&](int, A v, A tj) { return plain_grad(k, exp(v - m), wf * smooth(tj)); });
-        }
-      }
-      return static_cast<double>(rs) * static_cast<double>(loss);
-    }
-
-    // Focal: sum_k ts_k phi_k and sum_k ts_k g_k over the classes with ts_k != 0; with a
-    // sparse unsmoothed label that is the label's class alone.
-    const A gamma = p.focal_gamma;
-    A phi_sum = A(0);  // halved: sum ts phi / 2
-    A g_sum = A(0);
-    if constexpr (L::has(kLabelLogit)) {
-      if (sparse_focal_label_only) {
-        const FocalTerms<A> terms =
-            focal_terms(A(0.5) * lse - half_shift(st.v[L::at(kLabelLogit)], half_m), gamma);
-        phi_sum = terms.half_phi;
-        g_sum = terms.g;
-      }
-    }
-    if (!sparse_focal_label_only) {
-      Sums<A, 3> r{};
-      walk.chunks([&](int chunk) {
-#pragma unroll
-        for (int s = 0; s < S; ++s) {
-          const int j0 = walk.first(chunk, s);
-          A t[V];
-          walk.targets(j0, t);
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            const int j = j0 + i;
-            if (!walk.in_row(j)) continue;
-            if (dense_cost) r.v[2] += t[i] * __ldg(p.weights + static_cast<int64_t>(j) * c + jhat);
-            const A ts = smooth(t[i]);
-            if (ts == A(0)) continue;
-            const FocalTerms<A> terms =
-                focal_terms(A(0.5) * lse - half_shift(walk.slot(s)[i], half_m), gamma);
-            r.v[0] += ts * terms.half_phi;
-            r.v[1] += ts * terms.g;
-          }
-        }
-      });
-      r = g.reduce(r, add<A, 3>, Sums<A, 3>{});
-      phi_sum = r.v[0];
-      g_sum = r.v[1];
-      if (dense_cost) w = r.v[2];
-    }
-    const A loss = w * (A(2) * phi_sum);
-    if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
-    const A wf = w * f;
-    if (out != nullptr) {
-      if (sparse_focal_label_only) {
-        walk.write(out, [&](int j, A v, A) {
-          return j == y ? focal_grad(wf, prob(v), A(1), g_sum, g_sum) : -wf * prob(v) * g_sum;
-        });
-      } else {
-        walk.write(out, [&](int, A v, A tj) {
-          const A ts = smooth(tj);
-          const A gj =
-              ts == A(0) ? A(0) : focal_terms(A(0.5) * lse - half_shift(v, half_m), gamma).g;
-          return focal_grad(wf, prob(v), ts, gj, g_sum);
-        });
-      }
-    }
-    return static_cast<double>(rs) * static_cast<double>(loss);
-  }
+  const A loss = softmax_row<M>(walk, o, rs * p.scale, y, out != nullptr);
+  if (g.leader() && p.loss != nullptr) p.loss[row] = loss;
+  return static_cast<double>(rs) * static_cast<double>(loss);
 }
 
 // How rows are dealt out: chunks of `rows` rows (a power of two dividing
@@ -853,16 +626,17 @@ struct Chunks {
 };
 
 // width: lanes per row for a WarpGroup; clusters: blocks per row for a BlockGroup (> 1 only
-// in a cluster launch of that size).
+// in a cluster launch of that size). Launch bounds per group: see kMaxThreads, kMinBlocks.
 template <typename M, typename T, typename A, typename Group>
 __global__ void __launch_bounds__(Group::kMaxThreads, Group::kMinBlocks)
     softmax_kernel(const SoftmaxProblem<T, A> p, const Chunks chunks, int width, int clusters) {
   Group g(width, clusters);
+  const RowOptions<A> o = row_options(p);
   for (int64_t k = g.first_chunk(); k < chunks.count; k += g.chunk_stride()) {
     const int64_t row0 = k * chunks.rows;
     double partial = 0;
     for (int64_t r = g.first_row(); r < chunks.rows && row0 + r < p.n; r += g.row_stride())
-      partial += softmax_row<M>(p, row0 + r, g);
+      partial += group_row<M>(p, o, row0 + r, g);
     if (chunks.partials != nullptr) g.write_partial(partial, chunks.scale, chunks.partials + k);
   }
 }
@@ -1056,12 +830,6 @@ cudaError_t launch(Kernel kernel, int64_t blocks, int threads, int clusters,
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int pow2_at_least(int64_t x) {
-  int p = 1;
-  while (p < x) p *= 2;
-  return p;
-}
-
 // A grid of at most a few waves: groups loop over chunks, so more blocks only add launch work.
 int64_t grid_for(int64_t blocks, int threads, const Device& d) {
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / threads) * 8;
@@ -1163,71 +931,50 @@ int64_t active_clusters(Kernel kernel, int threads, int clusters, const Device& 
   return active;
 }
 
-// The launch shape of a softmax problem: a kernel, its grid, and the chunks.
-struct SoftmaxShape {
-  int64_t blocks;
-  int threads;
-  int width;
-  int clusters;
-  Chunks chunks;
-};
+// The kernel of a plan's regime.
+template <typename M, typename T, typename A>
+auto* kernel_for(Regime regime) {
+  constexpr int kBytes = static_cast<int>(sizeof(T));
+  if (regime == Regime::kThread) return softmax_kernel<M, T, A, WarpGroup<thread_slots(kBytes)>>;
+  if (regime == Regime::kWarp) return softmax_kernel<M, T, A, WarpGroup<1>>;
+  return softmax_kernel<M, T, A, BlockGroup<block_slots(kBytes)>>;
+}
 
 template <typename M, typename T, typename A>
 cudaError_t softmax_mode(const SoftmaxProblem<T, A>& p, const Device& d, cudaStream_t stream) {
-  auto* warp_kernel = softmax_kernel<M, T, A, WarpGroup>;
-  auto* block_kernel = softmax_kernel<M, T, A, BlockGroup<kSlots<T>>>;
-  auto* kernel = block_kernel;
-  SoftmaxShape shape{};
-  // Vectors a row can touch, over all offsets of its first element.
-  const int64_t vectors = ceil_div(p.c + kVec<T> - 1, kVec<T>);
-  const int64_t threads = ceil_div(vectors, kSlots<T>);
-  if (vectors <= 32) {
-    kernel = warp_kernel;
-    shape.width = pow2_at_least(vectors);
-    shape.threads = kRowBlock;
-    shape.clusters = 1;
-    shape.chunks = plan_chunks(p.n, 32, 32 / shape.width);
-    shape.blocks = grid_for(ceil_div(shape.chunks.count, kRowBlock / 32), kRowBlock, d);
-  } else if (threads <= kMaxBlock) {
-    shape.threads = static_cast<int>(ceil_div(threads, 32) * 32);
-    shape.clusters = 1;
-    shape.chunks = plan_chunks(p.n, shape.threads, 1);
-    shape.blocks = grid_for(shape.chunks.count, shape.threads, d);
+  auto* block_kernel = kernel_for<M, T, A>(Regime::kBlock);
+  int64_t active = 0;
+  const SoftmaxPlan plan =
+      plan_softmax(static_cast<int>(sizeof(T)), p.c, [&](const SoftmaxPlan& shape) {
+        active = active_clusters(block_kernel, shape.threads, shape.clusters, d);
+        return active > 0;
+      });
+  auto* kernel = kernel_for<M, T, A>(plan.regime);
+  Chunks chunks{};
+  int64_t blocks = 0;
+  if (plan.width > 0) {
+    chunks = plan_chunks(p.n, 32, 32 / plan.width);
+    blocks = grid_for(ceil_div(chunks.count, plan.threads / 32), plan.threads, d);
+  } else if (plan.clusters > 1) {
+    // Few rows are in flight per cluster: two clusters an SM group's worth at most.
+    chunks = plan_chunks(p.n, static_cast<int64_t>(plan.threads) * plan.clusters, 1);
+    blocks = std::min<int64_t>(chunks.count, 2 * active) * plan.clusters;
   } else {
-    // Beyond one block: a cluster holds the row in its blocks' registers, or walks longer
-    // rows in chunks whose re-reads come from L2 (few rows are in flight per cluster).
-    shape.threads = kMaxBlock;
-    shape.clusters = 1;
-    for (const int limit : {kMaxCluster, kPortableCluster}) {
-      const int clusters = static_cast<int>(std::min<int64_t>(ceil_div(threads, kMaxBlock), limit));
-      const int block = static_cast<int>(
-          std::min<int64_t>(ceil_div(ceil_div(threads, clusters), 32) * 32, kMaxBlock));
-      const int64_t active = active_clusters(block_kernel, block, clusters, d);
-      if (active > 0) {
-        shape.threads = block;
-        shape.clusters = clusters;
-        shape.chunks = plan_chunks(p.n, static_cast<int64_t>(block) * clusters, 1);
-        shape.blocks = std::min<int64_t>(shape.chunks.count, 2 * active) * clusters;
-        break;
-      }
-    }
-    if (shape.clusters == 1) {
-      shape.chunks = plan_chunks(p.n, kMaxBlock, 1);
-      shape.blocks = grid_for(shape.chunks.count, kMaxBlock, d);
-    }
+    chunks = plan_chunks(p.n, plan.threads, 1);
+    blocks = grid_for(chunks.count, plan.threads, d);
   }
-  const int64_t per_block = kReduceBlockRows / shape.chunks.rows;
-  const int64_t blocks = ceil_div(p.n, kReduceBlockRows);
+  const int64_t per_block = kReduceBlockRows / chunks.rows;
+  const int64_t sum_blocks = ceil_div(p.n, kReduceBlockRows);
   Scratch scratch(stream);
   cudaError_t status =
-      bind_partials(p.block_sums, per_block, shape.chunks.count, &scratch, &shape.chunks.partials);
+      bind_partials(p.block_sums, per_block, chunks.count, &scratch, &chunks.partials);
   if (status != cudaSuccess) return status;
   const double scale = static_cast<double>(p.scale);
-  shape.chunks.scale = per_block == 1 ? scale : 1.0;
-  status = launch(kernel, shape.blocks, shape.threads, shape.clusters, stream, p, shape.chunks,
-                  shape.width, shape.clusters);
+  chunks.scale = per_block == 1 ? scale : 1.0;
+  status = launch(kernel, blocks, plan.threads, plan.clusters, stream, p, chunks, plan.width,
+                  plan.clusters);
   if (status != cudaSuccess) return status;
-  return finish_block_sums(shape.chunks.partials, shape.chunks.count, per_block, blocks, scale,
+  return finish_block_sums(chunks.partials, chunks.count, per_block, sum_blocks, scale,
                            p.block_sums, d, stream);
 }
 
@@ -1268,15 +1015,7 @@ cudaError_t softmax_rows(const SoftmaxProblem<T, A>& p, cudaStream_t stream) {
   Device d;
   const cudaError_t status = current_device(&d);
   if (status != cudaSuccess) return status;
-  const bool dense = p.dense != nullptr;
-  if (p.loss_kind == SoftmaxLoss::kExpectedCost)
-    return dense ? softmax_mode<Mode<Kind::kExpectedCost, true>>(p, d, stream)
-                 : softmax_mode<Mode<Kind::kExpectedCost, false>>(p, d, stream);
-  if (p.focal_gamma != A(0))
-    return dense ? softmax_mode<Mode<Kind::kFocal, true>>(p, d, stream)
-                 : softmax_mode<Mode<Kind::kFocal, false>>(p, d, stream);
-  return dense ? softmax_mode<Mode<Kind::kCrossEntropy, true>>(p, d, stream)
-               : softmax_mode<Mode<Kind::kCrossEntropy, false>>(p, d, stream);
+  return with_row_mode(p, [&](auto mode) { return softmax_mode<decltype(mode)>(p, d, stream); });
 }
 
 template <typename T, typename A>

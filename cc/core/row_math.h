@@ -29,7 +29,8 @@ using std::log1p;
 // Elementary functions for the formulas below: the C++ library here (and CUDA's device
 // functions); the CPU kernels pass a policy of vectorizable polynomials instead. exp is only
 // called on arguments <= 0 (-inf included), expm1 on arguments <= 0 (-inf included), log on
-// (0, inf) and reciprocal on [1, inf) (an approximation good to the type's precision will do).
+// (0, inf) and reciprocal on [1, inf) (an approximation good to the type's precision will do);
+// select, max and min are the row algorithm's lane-wise choices.
 struct StdMath {
   template <typename A>
   static COSTXENT_HD A exp(A x) {
@@ -50,6 +51,16 @@ struct StdMath {
   template <typename A>
   static COSTXENT_HD A select(bool c, A a, A b) {
     return c ? a : b;
+  }
+  // a > b ? a : b: a NaN in b is dropped, one in a kept (as the CPU's vector max); a row's
+  // NaN surfaces in its exp sums instead.
+  template <typename A>
+  static COSTXENT_HD A max(A a, A b) {
+    return a > b ? a : b;
+  }
+  template <typename A>
+  static COSTXENT_HD A min(A a, A b) {
+    return a < b ? a : b;
   }
 };
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cc/core/cpu.h"
+#include "cc/core/cuda_plan.h"
 #include "cc/core/numeric.h"
 #include "cc/core/problem.h"
 #include "cc/core/reduction.h"
@@ -893,6 +894,36 @@ bool has_cuda() {
 #endif
 }
 
+// The CUDA planner's answer for one row shape; pure host code, so it needs no GPU.
+py::dict launch_plan(const py::object& dtype, int64_t classes, int max_cluster) {
+  const std::string name = py::isinstance<py::str>(dtype)
+                               ? dtype.cast<std::string>()
+                               : py::module_::import("numpy").attr("dtype")(dtype).attr("name")
+                                     .cast<std::string>();
+  int bytes = 0;
+  if (name == "float16" || name == "bfloat16") bytes = 2;
+  if (name == "float32") bytes = 4;
+  if (name == "float64") bytes = 8;
+  if (bytes == 0)
+    throw py::type_error("dtype must be float16, bfloat16, float32 or float64, got " + name);
+  if (classes < 1 || classes > cuda::kMaxClasses)
+    throw py::value_error("classes must be in [1, " + std::to_string(cuda::kMaxClasses) +
+                          "], got " + std::to_string(classes));
+  if (max_cluster < 1 || max_cluster > cuda::kMaxCluster)
+    throw py::value_error("max_cluster must be in [1, " + std::to_string(cuda::kMaxCluster) +
+                          "], got " + std::to_string(max_cluster));
+  const cuda::SoftmaxPlan plan = cuda::plan_softmax(
+      bytes, classes, [&](const cuda::SoftmaxPlan& p) { return p.clusters <= max_cluster; });
+  py::dict out;
+  out["regime"] = cuda::regime_name(plan.regime);
+  out["threads"] = plan.threads;
+  out["width"] = plan.width;
+  out["clusters"] = plan.clusters;
+  out["slots"] = plan.slots;
+  out["vectors"] = plan.vectors;
+  return out;
+}
+
 }  // namespace
 }  // namespace costxent
 
@@ -949,6 +980,15 @@ PYBIND11_MODULE(_core, m) {
         "be grad; then nothing is written when scale is 1 (decided on the device, without a "
         "sync). Per-example upstream gradients go into the loss call as row_scale / "
         "element_scale instead.");
+  m.def("launch_plan", &launch_plan, py::arg("dtype"), py::arg("classes"),
+        py::arg("max_cluster") = static_cast<int>(cuda::kMaxCluster),
+        "How the CUDA softmax kernels hold rows of `classes` classes of `dtype` (a name or "
+        "anything numpy.dtype takes): a dict of regime ('thread', 'warp', 'block', "
+        "'cluster' or 'chunked'), threads per block, width (threads per row inside a warp; 0 "
+        "for block-wide rows), clusters (blocks per row), slots (16-byte vectors per thread) "
+        "and vectors (the most a row touches). max_cluster is the largest cluster the device "
+        "runs (16 on H100/H200, 1 without clusters); a launch uses the same planner. Needs "
+        "no GPU.");
   m.def("has_cuda", &has_cuda, "Whether this build has the CUDA kernels.");
   m.def("cpu_instruction_set", &cpu::instruction_set,
         "The CPU kernels' instruction set chosen at load time.");
