@@ -208,8 +208,8 @@ class WarpGroup {
 
 // Per-warp and per-block partials, in two alternating sets: the barrier of the next
 // reduction separates one reduction's reads from the writes of the one after.
-__shared__ alignas(16) unsigned char block_partials[2][32][kSlotBytes];
-__shared__ alignas(16) unsigned char cluster_partials[2][kMaxCluster][kSlotBytes];
+alignas(16) __shared__ unsigned char block_partials[2][32][kSlotBytes];
+alignas(16) __shared__ unsigned char cluster_partials[2][kMaxCluster][kSlotBytes];
 
 // A whole block (blockDim.x a multiple of 32) times `clusters` blocks; one row at a time.
 template <int S>
