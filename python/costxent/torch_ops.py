@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from costxent import _checks, _portable
+from costxent import _checks, _library, _portable
 from costxent._portable import SigmoidParams, SoftmaxParams
 
 __all__ = [
@@ -41,11 +41,9 @@ __all__ = [
 
 @functools.lru_cache(maxsize=None)
 def _load_core() -> tuple[Any, Optional[str]]:
-    try:
-        from costxent import _core
-    except ImportError as exc:
-        return None, f"costxent._core, which the fused torch ops call, is not built: {exc}"
-    return _core, None
+    # Through _library: a damaged _core warns and falls back instead of crashing the process.
+    core, reason = _library.load_core()
+    return (core, None) if core is not None else (None, reason)
 
 
 def unavailable_reason() -> Optional[str]:
