@@ -76,6 +76,10 @@ RULES = [
          "logits must have a class axis (rank >= 1), got shape []", "logits", CE),
     Rule("one class", "softmax", {"logits": zeros((4, 1))}, ValueError,
          "logits must have at least 2 classes on the last axis, got shape [4, 1] (C = 1)", "logits", CE),
+    Rule("classes beyond 32-bit indices", "softmax",
+         {"logits": zeros((0, 2**31 - 63)), "labels": zeros(0, np.int32)}, ValueError,
+         "logits must have at most 2147483583 classes on the last axis, got shape [0, 2147483585] "
+         "(C = 2147483585)", "logits", why="the Python layer leaves the class limit to the kernels"),
     # Options.
     Rule("smoothing above 1", "softmax", {"label_smoothing": 1.5}, ValueError,
          "label_smoothing must be a finite number in [0, 1], got 1.5", "label_smoothing",

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "cc/core/problem.h"
+
 namespace costxent {
 namespace cuda {
 
@@ -27,8 +29,9 @@ constexpr int kMaxBlock = 512;
 constexpr int kPortableCluster = 8;
 constexpr int kMaxCluster = 16;  // Hopper's non-portable limit
 constexpr int kThreadRowClasses = 8;
-// Class indices are 32-bit (a slot's position in a row, which may lie past c, is 64-bit).
-constexpr int64_t kMaxClasses = 2147483647LL - 64;
+// Class indices are 32-bit (a slot's position in a row, which may lie past c, is 64-bit),
+// hence costxent::kMaxClasses, which the validation enforces.
+using costxent::kMaxClasses;
 
 constexpr int vector_elements(int bytes) { return 16 / bytes; }
 // The 16-byte vectors a row of c classes can touch, over all offsets of its first element.

@@ -11,6 +11,10 @@ namespace costxent {
 // Rows per entry of a problem's block_sums: the unit of a deterministic reduction.
 constexpr int64_t kReduceBlockRows = 1024;
 
+// The most classes a row may have, on every device: the CUDA kernels index inside a row
+// with 32-bit integers and walk up to a vector past its end.
+constexpr int64_t kMaxClasses = 2147483647LL - 64;
+
 enum class WeightMode : int32_t { kNone = 0, kClass = 1, kCost = 2 };
 enum class SoftmaxLoss : int32_t { kCrossEntropy = 0, kExpectedCost = 1 };
 

@@ -98,6 +98,10 @@ Status check_logits(const ArgInfo& logits, int64_t min_classes) {
                        (min_classes == 1 ? " class" : " classes") +
                        " on the last axis, got shape " + shape_str(logits.shape) +
                        " (C = " + std::to_string(c) + ")");
+  if (c > kMaxClasses)
+    return value_error("logits must have at most " + std::to_string(kMaxClasses) +
+                       " classes on the last axis, got shape " + shape_str(logits.shape) +
+                       " (C = " + std::to_string(c) + ")");
   return {};
 }
 
