@@ -73,11 +73,14 @@ if [ "$cuda" = ON ]; then
   )
 fi
 
-rm -rf "$work/raw"
+rm -rf "$work/raw" "$work/repaired"
 "$venv/bin/pip" wheel --no-build-isolation --no-deps "${defines[@]}" \
   --config-settings=build-dir="$work/cmake" -w "$work/raw" "$root"
+# Repaired apart from dist/, which may hold wheels of earlier builds.
 "$venv/bin/auditwheel" repair --exclude libtensorflow_framework.so.2 \
   --exclude libtensorflow_cc.so.2 --exclude _pywrap_tensorflow_internal.so \
-  -w "$root/dist" "$work/raw"/costxent-*.whl
-"$venv/bin/auditwheel" show "$root/dist"/costxent-*.whl
-echo "build_wheels.sh: built in $((SECONDS - start)) s"
+  -w "$work/repaired" "$work/raw"/costxent-*.whl
+wheel=$(echo "$work/repaired"/costxent-*.whl)
+"$venv/bin/auditwheel" show "$wheel"
+mv -f "$wheel" "$root/dist/"
+echo "build_wheels.sh: built dist/$(basename "$wheel") in $((SECONDS - start)) s"
