@@ -65,7 +65,7 @@ fi
 # --- 3. install and test without a compiler ---------------------------------------------------
 # A PATH of the few tools the tests and pip use, so that nothing can compile.
 mkdir "$work/bin"
-for tool in sh bash env uname cat ls rm mkdir cp mv grep sed head tail sort date chmod ldconfig; do
+for tool in sh bash env uname cat ls rm mkdir cp mv grep sed awk head tail tee sort date chmod timeout ldconfig; do
   found=$(PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin command -v "$tool" || true)
   if [ -n "$found" ]; then ln -s "$found" "$work/bin/$tool"; fi
 done
