@@ -47,6 +47,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     out = tmp_path_factory.mktemp("distribute")
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT), CUDA_VISIBLE_DEVICES="")
     runs: dict[tuple[str, bool], list[tuple[subprocess.Popen, Path]]] = {}
+    # Taken in one call: ports released by separate calls can come back twice, and the two
+    # multi-worker runs start side by side.
+    free_ports = _free_ports(4)
     for jit in (False, True):
         flag = "1" if jit else "0"
         for mode in ("single", "mirrored"):
@@ -54,7 +57,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
             runs[(mode, jit)] = [(subprocess.Popen(
                 [sys.executable, str(WORKER), mode, flag, str(path)], env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT), path)]
-        ports = ",".join(map(str, _free_ports(2)))
+        ports = ",".join(map(str, free_ports[2 * jit:2 * jit + 2]))
         paths = [out / f"multiworker-{flag}-{w}.npz" for w in (0, 1)]
         runs[("multiworker", jit)] = [
             (subprocess.Popen(
