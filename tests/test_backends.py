@@ -115,3 +115,31 @@ def test_import_without_tensorflow(backend: str, module: str) -> None:
     np.testing.assert_allclose(loss, (5 * np.log1p(np.exp(2.0)) + np.log1p(np.e)) / 2, rtol=1e-6)
     np.testing.assert_allclose(cost, (5 + 1) / 2, rtol=1e-6)
     assert ops.startswith("ops:") and "tensorflow" in ops
+
+
+_JAX_FIRST_USE = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from costxent import jax_ops
+
+    z = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], np.float32)
+    loss, grad = jax.value_and_grad(
+        lambda z: jax_ops.softmax_cross_entropy(np.array([1, 2]), z).sum())(z)
+    print(float(loss), *np.asarray(grad).ravel())
+    """
+)
+
+
+def test_jax_ops_register_their_kernels_on_first_use() -> None:
+    """The functional JAX API works as the first thing a program calls (no Keras loss, no
+    implementation() before it to register the FFI targets)."""
+    _require("jax")
+    run = subprocess.run([sys.executable, "-c", _JAX_FIRST_USE], env=_env("jax"),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    values = np.array([float(v) for v in run.stdout.split()[-7:]])
+    z = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    onehot = np.eye(3)[[1, 2]]
+    np.testing.assert_allclose(values[0], -np.log(p[onehot == 1]).sum(), rtol=1e-6)
+    np.testing.assert_allclose(values[1:], (p - onehot).ravel(), rtol=1e-5, atol=1e-7)

@@ -32,6 +32,9 @@
 #include "cc/core/cuda.h"
 #include "cc/core/cuda_reduce.h"
 #endif
+#if COSTXENT_WITH_XLA_FFI
+#include "cc/xla/targets.h"
+#endif
 
 namespace py = pybind11;
 
@@ -924,6 +927,27 @@ py::dict launch_plan(const py::object& dtype, int64_t classes, int max_cluster) 
   return out;
 }
 
+#if COSTXENT_WITH_XLA_FFI
+// {platform: {target name: capsule of its handler}}, as jax.ffi.register_ffi_target takes
+// them: "cpu" always, "CUDA" in CUDA builds.
+py::dict xla_ffi_targets() {
+  auto by_target = [](const xla_ffi::Handlers& handlers) {
+    py::dict targets;
+    for (const char* name : xla_ffi::kSoftmaxTargets)
+      targets[name] = py::capsule(reinterpret_cast<void*>(handlers.softmax));
+    for (const char* name : xla_ffi::kSigmoidTargets)
+      targets[name] = py::capsule(reinterpret_cast<void*>(handlers.sigmoid));
+    return targets;
+  };
+  py::dict platforms;
+  platforms["cpu"] = by_target(xla_ffi::host_handlers());
+#if COSTXENT_WITH_CUDA
+  platforms["CUDA"] = by_target(xla_ffi::cuda_handlers());
+#endif
+  return platforms;
+}
+#endif
+
 }  // namespace
 }  // namespace costxent
 
@@ -990,6 +1014,12 @@ PYBIND11_MODULE(_core, m) {
         "runs (16 on H100/H200, 1 without clusters); a launch uses the same planner. Needs "
         "no GPU.");
   m.def("has_cuda", &has_cuda, "Whether this build has the CUDA kernels.");
+#if COSTXENT_WITH_XLA_FFI
+  m.def("xla_ffi_targets", &xla_ffi_targets,
+        "The typed XLA FFI handlers of the fused ops, the ones TensorFlow's XLA runs, for "
+        "jax.ffi: {platform: {target name: PyCapsule}}, platform 'cpu' and (CUDA builds) "
+        "'CUDA'. Absent when the build had no XLA FFI headers.");
+#endif
   m.def("cpu_instruction_set", &cpu::instruction_set,
         "The CPU kernels' instruction set chosen at load time.");
 }

@@ -93,7 +93,7 @@ XLA_FFI_DEFINE_HANDLER(
                      .Ctx<ffi::PlatformStream<cudaStream_t>>()
                      .Ctx<ffi::ScratchAllocator>()));
 
-COSTXENT_XLA_REGISTER_TARGETS("CUDA", kCudaSoftmax, kCudaSigmoid);
+Handlers cuda_handlers() { return {kCudaSoftmax, kCudaSigmoid}; }
 
 }  // namespace xla_ffi
 }  // namespace costxent

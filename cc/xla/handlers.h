@@ -32,18 +32,13 @@
 #include "cc/core/problem.h"
 #include "cc/core/reduction.h"
 #include "cc/core/spec.h"
+#include "cc/xla/targets.h"
 #include "xla/ffi/api/ffi.h"
-
-namespace xla::ffi {
-const XLA_FFI_Api* GetXlaFfiApi();  // exported by libtensorflow_cc.so.2
-}  // namespace xla::ffi
 
 namespace costxent {
 namespace xla_ffi {
 
 namespace ffi = ::xla::ffi;
-
-enum class Variant : int32_t { kLoss = 0, kGrad = 1, kReduced = 2 };
 
 inline DType core_dtype(ffi::DataType dtype) {
   switch (dtype) {
@@ -367,22 +362,6 @@ ffi::Error sigmoid_entry(Ctx... ctx, ffi::AnyBuffer logits, ffi::AnyBuffer label
   return sigmoid_handler(device, logits, labels, pos_weight, neg_weight, scale_input, *loss,
                          *backprop, o);
 }
-
-// Registers a platform's two handlers under the six targets (xla_ops.cc); one handler per
-// loss serves its three variants (the `variant` attribute says which).
-#define COSTXENT_XLA_REGISTER_TARGETS(PLATFORM, SOFTMAX, SIGMOID)                          \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_softmax_loss", PLATFORM,    \
-                           SOFTMAX);                                                        \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_softmax_loss_grad",        \
-                           PLATFORM, SOFTMAX);                                              \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_softmax_loss_reduced",     \
-                           PLATFORM, SOFTMAX);                                              \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_sigmoid_loss", PLATFORM,    \
-                           SIGMOID);                                                        \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_sigmoid_loss_grad",        \
-                           PLATFORM, SIGMOID);                                              \
-  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "costxent_sigmoid_loss_reduced",     \
-                           PLATFORM, SIGMOID)
 
 }  // namespace xla_ffi
 }  // namespace costxent

@@ -156,7 +156,7 @@ XLA_FFI_DEFINE_HANDLER(kHostSoftmax, (softmax_entry<HostDevice, ffi::ThreadPool>
 XLA_FFI_DEFINE_HANDLER(kHostSigmoid, (sigmoid_entry<HostDevice, ffi::ThreadPool>),
                        bind_sigmoid(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
-COSTXENT_XLA_REGISTER_TARGETS("Host", kHostSoftmax, kHostSigmoid);
+Handlers host_handlers() { return {kHostSoftmax, kHostSigmoid}; }
 
 }  // namespace xla_ffi
 }  // namespace costxent

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "cc/xla/targets.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
@@ -31,8 +32,9 @@ using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 namespace errors = ::tensorflow::errors;
 
-// Must match handlers.h's Variant.
-enum class Variant : int32_t { kLoss = 0, kGrad = 1, kReduced = 2 };
+using ::costxent::xla_ffi::kSigmoidTargets;
+using ::costxent::xla_ffi::kSoftmaxTargets;
+using ::costxent::xla_ffi::Variant;
 
 // Reduction numbering of cc/core/spec.h.
 int32_t reduction_code(const std::string& name) {
@@ -136,15 +138,11 @@ class FusedLossXlaOp : public XlaOpKernel {
   int32_t reduction_ = 0;
 };
 
-const char* target_suffix(Variant variant) {
-  return variant == Variant::kLoss ? "" : variant == Variant::kGrad ? "_grad" : "_reduced";
-}
-
 template <Variant V>
 class SoftmaxXlaOp : public FusedLossXlaOp {
  public:
   explicit SoftmaxXlaOp(OpKernelConstruction* ctx)
-      : FusedLossXlaOp(ctx, V, std::string("costxent_softmax_loss") + target_suffix(V)) {
+      : FusedLossXlaOp(ctx, V, kSoftmaxTargets[static_cast<int>(V)]) {
     std::string loss_kind;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("loss_kind", &loss_kind));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore_class", &has_ignore_class_));
@@ -174,7 +172,7 @@ template <Variant V>
 class SigmoidXlaOp : public FusedLossXlaOp {
  public:
   explicit SigmoidXlaOp(OpKernelConstruction* ctx)
-      : FusedLossXlaOp(ctx, V, std::string("costxent_sigmoid_loss") + target_suffix(V)) {}
+      : FusedLossXlaOp(ctx, V, kSigmoidTargets[static_cast<int>(V)]) {}
 
   // Inputs: logits, labels, pos_weight, neg_weight, label_smoothing, focal_gamma,
   // [grad_loss | sample_weight, scale].

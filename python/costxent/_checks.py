@@ -13,7 +13,7 @@ import dataclasses
 import math
 import numbers
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -167,3 +167,15 @@ def label_layout(labels_shape: tuple, logits_shape: tuple, c: int) -> str:
     if any(a is not None and b is not None and a != b for a, b in zip(shape, lead)):
         raise ValueError(f"labels' leading shape {shape[: len(lead)]} does not match logits' {lead}")
     return layout
+
+
+def fused_sample_weight(weight_shape: tuple, lead: tuple) -> Optional[bool]:
+    """Whether a ``sample_weight`` of ``weight_shape`` is one weight per row of logits whose
+    leading shape is ``lead``, as a fused reduction takes it: True for ``lead + (1,)`` (to be
+    squeezed), False for ``lead``, None for any other shape (Keras' reduction broadcasts
+    it)."""
+    weight_shape, lead = tuple(weight_shape), tuple(lead)
+    if len(weight_shape) == len(lead) + 1 and weight_shape[-1] == 1:
+        weight_shape = weight_shape[:-1]
+        return True if weight_shape == lead else None
+    return False if weight_shape == lead else None

@@ -4,7 +4,9 @@
   pure-TF reference.
 - PyTorch: the fused ``torch.library`` ops (:mod:`costxent.torch_ops`) when the core module
   ``costxent._core`` is built, otherwise the ``keras.ops`` reference.
-- JAX and any other backend: the ``keras.ops`` reference (:mod:`costxent._portable`).
+- JAX: the fused kernels through ``jax.ffi`` (:mod:`costxent.jax_ops`) when
+  ``costxent._core`` has the XLA FFI handlers, otherwise the ``keras.ops`` reference.
+- Any other backend: the ``keras.ops`` reference (:mod:`costxent._portable`).
 
 Nothing here imports TensorFlow unless the backend is TensorFlow.
 """
@@ -45,6 +47,20 @@ def _portable_path(reason: str) -> Path:
     )
 
 
+def _fused_path(module: Any, backend: str) -> Path:
+    """A backend module's fused functions (torch_ops, jax_ops), or the reference where they
+    cannot run."""
+    reason = module.unavailable_reason()
+    if reason is not None:
+        return _portable_path(f"keras.ops on the {backend} backend ({reason})")
+    return Path(
+        module.softmax_params_loss,
+        module.sigmoid_params_loss,
+        module.reduced_params_loss,
+        module.implementation,
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def path(backend: Optional[str] = None) -> Path:
     """The path for ``backend`` (default: the running Keras backend)."""
@@ -56,19 +72,11 @@ def path(backend: Optional[str] = None) -> Path:
     if backend == "torch":
         from costxent import torch_ops
 
-        reason = torch_ops.unavailable_reason()
-        if reason is None:
-            return Path(
-                torch_ops.softmax_params_loss,
-                torch_ops.sigmoid_params_loss,
-                torch_ops.reduced_params_loss,
-                torch_ops.implementation,
-            )
-        return _portable_path(f"keras.ops on the torch backend ({reason})")
+        return _fused_path(torch_ops, "torch")
     if backend == "jax":
-        return _portable_path(
-            "keras.ops on the JAX backend (the JAX FFI path of the fused kernels is not built)"
-        )
+        from costxent import jax_ops
+
+        return _fused_path(jax_ops, "JAX")
     return _portable_path(f"keras.ops on the {backend} backend (no fused path exists for it)")
 
 
@@ -78,6 +86,6 @@ def implementation() -> str:
     On TensorFlow, what :func:`costxent.ops.implementation` says ("fused-cpu", "fused-gpu",
     "fused-xla-cpu", "fused-xla-gpu" or "reference: <why>"); on PyTorch "fused-cpu" (and
     "fused-gpu" where CUDA kernels are built and a GPU is visible) or "reference: <why>";
-    on JAX "reference: <why>".
+    on JAX the same, for JAX's default device.
     """
     return path().implementation()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
@@ -46,6 +46,122 @@ class SigmoidParams:
     neg_weight: Any = None
     label_smoothing: float = 0.0
     focal_gamma: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalApi:
+    """A fused backend's functions with the signatures of :mod:`costxent.ops`."""
+
+    softmax_cross_entropy: Callable[..., Any]
+    expected_cost: Callable[..., Any]
+    sigmoid_cross_entropy: Callable[..., Any]
+
+
+def functional_api(
+    softmax_params_loss: Callable[[Any, Any, SoftmaxParams], Any],
+    sigmoid_params_loss: Callable[[Any, Any, SigmoidParams], Any],
+    checked: Callable[[str, Any, bool], Any],
+    module: str,
+) -> FunctionalApi:
+    """The functional API of a backend (defined in ``module``) over its per-example losses of
+    params: each argument checked as :mod:`costxent.ops` checks it, the weights by
+    ``checked(name, value, nonnegative)`` (costs may be negative, as rewards, only in the
+    expected cost)."""
+
+    def softmax_cross_entropy(
+        labels: Any,
+        logits: Any,
+        *,
+        class_weight: Any = None,
+        cost_matrix: Any = None,
+        label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+        ignore_class: Optional[int] = None,
+    ) -> Any:
+        """Per-example weighted (focal) softmax cross-entropy (DESIGN 2.1).
+
+        ``loss_i = w_i * sum_k ts_ik * -(1 - p_ik)^gamma log p_ik`` with
+        ``p = softmax(logits)``, ``ts = (1 - eps) t + eps / C``; ``w_i`` = 1,
+        ``class_weight[y_i]``, or the cost of the mistake made, ``M[y_i, argmax_j
+        logits_ij]`` (``M[true, predicted]``, not differentiated). Returns float32 (float64
+        for float64 logits) of shape ``logits.shape[:-1]``; differentiable in the logits.
+        """
+        params = SoftmaxParams(
+            class_weight=checked("class_weight", class_weight, True),
+            cost_matrix=checked("cost_matrix", cost_matrix, True),
+            label_smoothing=_checks.scalar("label_smoothing", label_smoothing, 0.0, 1.0),
+            focal_gamma=_checks.scalar("focal_gamma", focal_gamma, 0.0),
+            ignore_class=ignore_class,
+        )
+        return softmax_params_loss(labels, logits, params)
+
+    def expected_cost(
+        labels: Any,
+        logits: Any,
+        cost_matrix: Any,
+        *,
+        ce_weight: float = 0.0,
+        label_smoothing: float = 0.0,
+        ignore_class: Optional[int] = None,
+    ) -> Any:
+        """Per-example expected cost plus weighted cross-entropy (DESIGN 2.2).
+
+        ``loss_i = sum_j (M^T t_i)_j p_ij + ce_weight * CE_i``; negative costs are rewards.
+        """
+        params = SoftmaxParams(
+            expected_cost=True,
+            cost_matrix=checked("cost_matrix", cost_matrix, False),
+            label_smoothing=_checks.scalar("label_smoothing", label_smoothing, 0.0, 1.0),
+            ce_weight=_checks.scalar("ce_weight", ce_weight, 0.0),
+            ignore_class=ignore_class,
+        )
+        return softmax_params_loss(labels, logits, params)
+
+    def sigmoid_cross_entropy(
+        labels: Any,
+        logits: Any,
+        *,
+        pos_weight: Any = None,
+        neg_weight: Any = None,
+        label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+    ) -> Any:
+        """Per-element weighted (focal) sigmoid cross-entropy (DESIGN 2.3).
+
+        ``loss = (1 - pt)^gamma * (a y softplus(-z) + b (1 - y) softplus(z))``, smoothed
+        ``y = labels (1 - eps) + eps / 2``, ``a = pos_weight``, ``b = neg_weight``.
+        """
+        params = SigmoidParams(
+            pos_weight=checked("pos_weight", pos_weight, True),
+            neg_weight=checked("neg_weight", neg_weight, True),
+            label_smoothing=_checks.scalar("label_smoothing", label_smoothing, 0.0, 1.0),
+            focal_gamma=_checks.scalar("focal_gamma", focal_gamma, 0.0),
+        )
+        return sigmoid_params_loss(labels, logits, params)
+
+    functions = (softmax_cross_entropy, expected_cost, sigmoid_cross_entropy)
+    for function in functions:
+        function.__module__ = module
+        function.__qualname__ = function.__name__
+    return FunctionalApi(*functions)
+
+
+def fused_softmax_constants(
+    labels_shape: tuple, logits_shape: tuple, c: int, params: SoftmaxParams
+) -> tuple[str, Optional[np.ndarray], tuple]:
+    """What a fused backend hands its softmax kernel besides the arrays: the label layout
+    (:func:`costxent._checks.label_layout`), the weights (:func:`softmax_weights`) and the
+    options ``(loss_kind, label_smoothing, focal_gamma, ce_weight, ignore_class)``."""
+    layout = _checks.label_layout(labels_shape, logits_shape, c)
+    if params.ignore_class is not None and layout == "dense":
+        raise ValueError(
+            "ignore_class needs sparse labels (class ids of shape logits.shape[:-1]); got dense "
+            f"labels of shape {list(labels_shape)}"
+        )
+    kind = "expected_cost" if params.expected_cost else "cross_entropy"
+    options = (kind, params.label_smoothing, params.focal_gamma, params.ce_weight,
+               params.ignore_class)
+    return layout, softmax_weights(params, c), options
 
 
 def accumulation_dtype(dtype: str) -> str:

@@ -324,24 +324,12 @@ def _logits(logits: Any, minimum: int) -> tuple[torch.Tensor, int]:
 def _softmax_args(labels: Any, logits: Any, params: SoftmaxParams) -> tuple:
     logits, c = _logits(logits, 2)
     labels = torch.as_tensor(labels, device=logits.device)
-    layout = _checks.label_layout(tuple(labels.shape), tuple(logits.shape), c)
+    layout, weights, options = _portable.fused_softmax_constants(
+        tuple(labels.shape), tuple(logits.shape), c, params)
     if layout == "sparse_squeeze":
         labels = labels.squeeze(-1)
-    if params.ignore_class is not None and layout == "dense":
-        raise ValueError(
-            "ignore_class needs sparse labels (class ids of shape logits.shape[:-1]); got dense "
-            f"labels of shape {list(labels.shape)}"
-        )
     labels = labels.to(logits.dtype) if layout == "dense" else _class_ids(labels)
-    weights = _constant(_portable.softmax_weights(params, c), logits)
-    options = (
-        "expected_cost" if params.expected_cost else "cross_entropy",
-        params.label_smoothing,
-        params.focal_gamma,
-        params.ce_weight,
-        params.ignore_class,
-    )
-    return logits, labels, weights, options
+    return logits, labels, _constant(weights, logits), options
 
 
 def _sigmoid_args(labels: Any, logits: Any, params: SigmoidParams) -> tuple:
@@ -395,11 +383,10 @@ def reduced_params_loss(
     weight = None
     if sample_weight is not None:
         weight = torch.as_tensor(sample_weight, device=logits.device)
-        if weight.dim() == len(lead) + 1 and weight.shape[-1] == 1:
-            weight = weight.squeeze(-1)
-        if tuple(weight.shape) != lead:
+        squeeze = _checks.fused_sample_weight(tuple(weight.shape), lead)
+        if squeeze is None:
             return None
-        weight = weight.to(_acc(logits.dtype))
+        weight = (weight.squeeze(-1) if squeeze else weight).to(_acc(logits.dtype))
     if isinstance(params, SoftmaxParams):
         logits, labels, weights, options = _softmax_args(labels, logits, params)
         kind, smoothing, gamma, ce_weight, ignore_class = options
@@ -417,79 +404,7 @@ def reduced_params_loss(
 # Functional API (the signatures of costxent.ops).
 
 
-def softmax_cross_entropy(
-    labels: Any,
-    logits: Any,
-    *,
-    class_weight: Any = None,
-    cost_matrix: Any = None,
-    label_smoothing: float = 0.0,
-    focal_gamma: float = 0.0,
-    ignore_class: Optional[int] = None,
-) -> torch.Tensor:
-    """Per-example weighted (focal) softmax cross-entropy on torch tensors (DESIGN 2.1).
-
-    ``loss_i = w_i * sum_k ts_ik * -(1 - p_ik)^gamma log p_ik`` with ``p = softmax(logits)``,
-    ``ts = (1 - eps) t + eps / C``; ``w_i`` = 1, ``class_weight[y_i]``, or the cost of the
-    mistake made, ``M[y_i, argmax_j logits_ij]`` (``M[true, predicted]``, not
-    differentiated). Returns float32 (float64 for float64 logits) of shape
-    ``logits.shape[:-1]``; differentiable in the logits.
-    """
-    params = SoftmaxParams(
-        class_weight=_checked("class_weight", class_weight, True),
-        cost_matrix=_checked("cost_matrix", cost_matrix, True),
-        label_smoothing=_checked_scalar("label_smoothing", label_smoothing, 1.0),
-        focal_gamma=_checked_scalar("focal_gamma", focal_gamma),
-        ignore_class=ignore_class,
-    )
-    return softmax_params_loss(labels, logits, params)
-
-
-def expected_cost(
-    labels: Any,
-    logits: Any,
-    cost_matrix: Any,
-    *,
-    ce_weight: float = 0.0,
-    label_smoothing: float = 0.0,
-    ignore_class: Optional[int] = None,
-) -> torch.Tensor:
-    """Per-example expected cost plus weighted cross-entropy on torch tensors (DESIGN 2.2).
-
-    ``loss_i = sum_j (M^T t_i)_j p_ij + ce_weight * CE_i``; negative costs are rewards.
-    """
-    params = SoftmaxParams(
-        expected_cost=True,
-        cost_matrix=_checked("cost_matrix", cost_matrix, False),
-        label_smoothing=_checked_scalar("label_smoothing", label_smoothing, 1.0),
-        ce_weight=_checked_scalar("ce_weight", ce_weight),
-        ignore_class=ignore_class,
-    )
-    return softmax_params_loss(labels, logits, params)
-
-
-def sigmoid_cross_entropy(
-    labels: Any,
-    logits: Any,
-    *,
-    pos_weight: Any = None,
-    neg_weight: Any = None,
-    label_smoothing: float = 0.0,
-    focal_gamma: float = 0.0,
-) -> torch.Tensor:
-    """Per-element weighted (focal) sigmoid cross-entropy on torch tensors (DESIGN 2.3).
-
-    ``loss = (1 - pt)^gamma * (a y softplus(-z) + b (1 - y) softplus(z))``, smoothed
-    ``y = labels (1 - eps) + eps / 2``, ``a = pos_weight``, ``b = neg_weight``.
-    """
-    params = SigmoidParams(
-        pos_weight=_checked("pos_weight", pos_weight, True),
-        neg_weight=_checked("neg_weight", neg_weight, True),
-        label_smoothing=_checked_scalar("label_smoothing", label_smoothing, 1.0),
-        focal_gamma=_checked_scalar("focal_gamma", focal_gamma),
-    )
-    return sigmoid_params_loss(labels, logits, params)
-
-
-def _checked_scalar(name: str, value: Any, high: float = float("inf")) -> float:
-    return _checks.scalar(name, value, 0.0, high)
+_api = _portable.functional_api(softmax_params_loss, sigmoid_params_loss, _checked, __name__)
+softmax_cross_entropy = _api.softmax_cross_entropy
+expected_cost = _api.expected_cost
+sigmoid_cross_entropy = _api.sigmoid_cross_entropy

@@ -1,0 +1,339 @@
+"""The fused kernels under JAX, through ``jax.ffi``, no TensorFlow.
+
+``costxent._core`` hands over the typed XLA FFI handlers that TensorFlow's XLA runs for the
+fused ops (``cc/xla``), for the CPU ("Host") and, in CUDA builds, the GPU; they are
+registered with JAX's XLA once, on first use, and called with ``jax.ffi.ffi_call``. Each
+function has a ``jax.custom_vjp`` whose backward follows DESIGN 3:
+
+- per-example losses (:func:`softmax_cross_entropy`, :func:`expected_cost`,
+  :func:`sigmoid_cross_entropy`): the forward writes only the loss; the backward recomputes
+  from the logits and writes ``g_i * d loss_i / d logits`` once, the upstream gradient ``g``
+  folded into the row pass;
+- the Keras reductions (:func:`reduced_params_loss`): one pass writes the scalar loss and
+  its gradient; the backward multiplies that gradient by the upstream scalar, a multiply
+  XLA removes when the scalar is the constant 1 (``jax.grad`` of the loss itself).
+
+Gradients flow to the logits only: labels and weights are constants. ``jax.jit`` and
+``jax.vmap`` (one call per mapped slice) work; forward-mode differentiation (``jax.jvp``)
+and second derivatives are not defined for the fused kernels and raise JAX's error.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costxent import _checks, _library, _portable
+from costxent._portable import SigmoidParams, SoftmaxParams
+
+__all__ = [
+    "expected_cost",
+    "implementation",
+    "sigmoid_cross_entropy",
+    "softmax_cross_entropy",
+]
+
+# cc/xla/targets.h's Variant, cc/core/problem.h's SoftmaxLoss, cc/core/spec.h's Reduction.
+_LOSS, _GRAD, _REDUCED = 0, 1, 2
+_LOSS_KIND = {"cross_entropy": 0, "expected_cost": 1}
+_REDUCTION = {"sum": 1, "sum_over_batch_size": 2, "mean_with_sample_weight": 3}
+_SOFTMAX_TARGETS = ("costxent_softmax_loss", "costxent_softmax_loss_grad",
+                    "costxent_softmax_loss_reduced")
+_SIGMOID_TARGETS = ("costxent_sigmoid_loss", "costxent_sigmoid_loss_grad",
+                    "costxent_sigmoid_loss_reduced")
+
+
+@functools.lru_cache(maxsize=None)
+def _registered() -> tuple[frozenset, Optional[str]]:
+    """(the platforms whose handlers are registered with JAX, why none is), once."""
+    core, reason = _library.load_core()
+    if core is None:
+        return frozenset(), reason
+    if not hasattr(core, "xla_ffi_targets"):
+        return frozenset(), "costxent._core was built without XLA's FFI headers"
+    platforms = core.xla_ffi_targets()
+    for platform, targets in platforms.items():
+        for name, capsule in targets.items():
+            jax.ffi.register_ffi_target(name, capsule, platform=platform)
+    return frozenset(p.lower() for p in platforms), None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the fused JAX path cannot run on JAX's default device here, or None."""
+    platforms, reason = _registered()
+    if reason is not None:
+        return reason
+    backend = jax.default_backend()
+    if backend == "gpu" and "cuda" not in platforms:
+        return "JAX runs on a GPU but costxent._core was built without CUDA"
+    if backend not in ("cpu", "gpu"):
+        return f"no fused kernels for JAX's {backend} backend"
+    return None
+
+
+def implementation() -> str:
+    """"fused-gpu" or "fused-cpu" (JAX's default device) where the fused path runs, else
+    "reference: <why>" (then the ``keras.ops`` reference runs)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return f"reference: {reason}"
+    return "fused-gpu" if jax.default_backend() == "gpu" else "fused-cpu"
+
+
+def _acc(dtype: Any) -> Any:
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+def _operand(values: Any, dtype: Any) -> Any:
+    """An optional operand: the array in ``dtype``, or the empty [0] buffer the handlers
+    read as absent."""
+    return jnp.zeros((0,), dtype) if values is None else jnp.asarray(values, dtype)
+
+
+def _outputs(variant: int, logits: Any, loss_shape: tuple) -> tuple:
+    """(loss, backprop) result types; the one a variant does not write is an empty [0]."""
+    acc, empty = _acc(logits.dtype), (0,)
+    loss = {_LOSS: loss_shape, _GRAD: empty, _REDUCED: ()}[variant]
+    backprop = empty if variant == _LOSS else logits.shape
+    return jax.ShapeDtypeStruct(loss, acc), jax.ShapeDtypeStruct(backprop, logits.dtype)
+
+
+# The options of one call, hashable (custom_vjp's non-differentiable arguments):
+# softmax (loss_kind, label_smoothing, focal_gamma, ce_weight, ignore_class, reduction),
+# sigmoid (label_smoothing, focal_gamma, reduction); reduction None for per-example calls.
+
+
+def _target(names: tuple, variant: int) -> str:
+    """The target of a variant, registered with JAX first (at trace time, once)."""
+    reason = _registered()[1]
+    if reason is not None:
+        raise RuntimeError(f"costxent's fused kernels are not available to JAX: {reason}")
+    return names[variant]
+
+
+def _softmax_call(variant: int, options: tuple, logits: Any, labels: Any, weights: Any,
+                  scale: Any) -> tuple:
+    kind, smoothing, gamma, ce_weight, ignore_class, reduction = options
+    call = jax.ffi.ffi_call(_target(_SOFTMAX_TARGETS, variant),
+                            _outputs(variant, logits, logits.shape[:-1]),
+                            vmap_method="sequential")
+    acc = _acc(logits.dtype)
+    return call(
+        logits, labels, _operand(weights, acc), _operand(scale, acc),
+        variant=np.int32(variant), loss_kind=np.int32(_LOSS_KIND[kind]),
+        has_ignore_class=ignore_class is not None,
+        ignore_class=np.int64(0 if ignore_class is None else ignore_class), check_weights=True,
+        label_smoothing=np.float64(smoothing), focal_gamma=np.float64(gamma),
+        ce_weight=np.float64(ce_weight), reduction=np.int32(_REDUCTION.get(reduction, 0)),
+        scale=np.float64(1.0),
+    )
+
+
+def _sigmoid_call(variant: int, options: tuple, logits: Any, labels: Any, pos: Any, neg: Any,
+                  scale: Any) -> tuple:
+    smoothing, gamma, reduction = options
+    call = jax.ffi.ffi_call(_target(_SIGMOID_TARGETS, variant),
+                            _outputs(variant, logits, logits.shape), vmap_method="sequential")
+    acc = _acc(logits.dtype)
+    return call(
+        logits, labels, _operand(pos, acc), _operand(neg, acc), _operand(scale, acc),
+        variant=np.int32(variant), check_weights=True, label_smoothing=np.float64(smoothing),
+        focal_gamma=np.float64(gamma), reduction=np.int32(_REDUCTION.get(reduction, 0)),
+        scale=np.float64(1.0),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Differentiable calls. Constants (labels, weights, sample weights) get no cotangent.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_loss(options: tuple, logits: Any, labels: Any, weights: Any) -> Any:
+    return _softmax_call(_LOSS, options, logits, labels, weights, None)[0]
+
+
+def _softmax_loss_fwd(options, logits, labels, weights):
+    return _softmax_loss(options, logits, labels, weights), (logits, labels, weights)
+
+
+def _softmax_loss_bwd(options, saved, grad_loss):
+    logits, labels, weights = saved
+    return (_softmax_call(_GRAD, options, logits, labels, weights, grad_loss)[1], None, None)
+
+
+_softmax_loss.defvjp(_softmax_loss_fwd, _softmax_loss_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sigmoid_loss(options: tuple, logits: Any, labels: Any, pos: Any, neg: Any) -> Any:
+    return _sigmoid_call(_LOSS, options, logits, labels, pos, neg, None)[0]
+
+
+def _sigmoid_loss_fwd(options, logits, labels, pos, neg):
+    return _sigmoid_loss(options, logits, labels, pos, neg), (logits, labels, pos, neg)
+
+
+def _sigmoid_loss_bwd(options, saved, grad_loss):
+    logits, labels, pos, neg = saved
+    backprop = _sigmoid_call(_GRAD, options, logits, labels, pos, neg, grad_loss)[1]
+    return (backprop, None, None, None)
+
+
+_sigmoid_loss.defvjp(_sigmoid_loss_fwd, _sigmoid_loss_bwd)
+
+
+def _scaled(backprop: Any, grad_loss: Any) -> Any:
+    # In float32 and rounded once; XLA drops the multiply (and the casts) when the upstream
+    # scalar is the constant 1.
+    return (backprop.astype(grad_loss.dtype) * grad_loss).astype(backprop.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_reduced(options: tuple, logits: Any, labels: Any, weights: Any,
+                     sample_weight: Any) -> Any:
+    # Outside differentiation the gradient is written too (XLA cannot drop a result of a
+    # custom call): one extra write of the logits' size, in evaluation only.
+    return _softmax_call(_REDUCED, options, logits, labels, weights, sample_weight)[0]
+
+
+def _softmax_reduced_fwd(options, logits, labels, weights, sample_weight):
+    loss, backprop = _softmax_call(_REDUCED, options, logits, labels, weights, sample_weight)
+    return loss, backprop
+
+
+def _softmax_reduced_bwd(options, backprop, grad_loss):
+    return (_scaled(backprop, grad_loss), None, None, None)
+
+
+_softmax_reduced.defvjp(_softmax_reduced_fwd, _softmax_reduced_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sigmoid_reduced(options: tuple, logits: Any, labels: Any, pos: Any, neg: Any,
+                     sample_weight: Any) -> Any:
+    return _sigmoid_call(_REDUCED, options, logits, labels, pos, neg, sample_weight)[0]
+
+
+def _sigmoid_reduced_fwd(options, logits, labels, pos, neg, sample_weight):
+    return _sigmoid_call(_REDUCED, options, logits, labels, pos, neg, sample_weight)
+
+
+def _sigmoid_reduced_bwd(options, backprop, grad_loss):
+    return (_scaled(backprop, grad_loss), None, None, None, None)
+
+
+_sigmoid_reduced.defvjp(_sigmoid_reduced_fwd, _sigmoid_reduced_bwd)
+
+
+# ---------------------------------------------------------------------------------------
+# Arguments.
+
+
+def _class_ids(labels: Any) -> Any:
+    """int32/int64 class ids; a float id must be a whole number (NaN or 1.5 is an error)."""
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return labels if labels.dtype in (jnp.int32, jnp.int64) else labels.astype(jnp.int32)
+    whole = jnp.isfinite(labels) & (labels == jnp.round(labels))
+    try:
+        all_whole = bool(whole.all())
+    except jax.errors.ConcretizationTypeError:  # traced: the kernel sees the bad ids
+        all_whole = True
+    if not all_whole:
+        index = tuple(int(i) for i in np.argwhere(~np.asarray(whole))[0])
+        raise ValueError(
+            f"labels must be whole class ids, got {float(labels[index])} at index {index}"
+        )
+    # Traced, a bad id becomes one the kernel reports as out of range (CPU) or NaN (CUDA).
+    return jnp.where(whole, labels, -(2.0**31)).astype(jnp.int32)
+
+
+def _logits(logits: Any, minimum: int) -> tuple[Any, int]:
+    logits = jnp.asarray(logits)
+    return logits, _checks.num_classes(logits.dtype.name, tuple(logits.shape), minimum)
+
+
+def _softmax_args(labels: Any, logits: Any, params: SoftmaxParams) -> tuple:
+    logits, c = _logits(logits, 2)
+    labels = jnp.asarray(labels)
+    layout, weights, options = _portable.fused_softmax_constants(
+        tuple(labels.shape), tuple(logits.shape), c, params)
+    if layout == "sparse_squeeze":
+        labels = labels.squeeze(-1)
+    labels = labels.astype(logits.dtype) if layout == "dense" else _class_ids(labels)
+    return logits, labels, weights, options
+
+
+def _sigmoid_args(labels: Any, logits: Any, params: SigmoidParams) -> tuple:
+    logits, c = _logits(logits, 1)
+    labels = jnp.asarray(labels)
+    if tuple(labels.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"labels must have the logits' shape {list(logits.shape)}, got {list(labels.shape)}"
+        )
+    pos, neg = _portable.sigmoid_weights(params, c)
+    return logits, labels.astype(logits.dtype), pos, neg, (params.label_smoothing,
+                                                           params.focal_gamma)
+
+
+def softmax_params_loss(labels: Any, logits: Any, params: SoftmaxParams) -> jax.Array:
+    """Per-example softmax loss of ``params`` (see :func:`softmax_cross_entropy`)."""
+    logits, labels, weights, options = _softmax_args(labels, logits, params)
+    return _softmax_loss(options + (None,), logits, labels, weights)
+
+
+def sigmoid_params_loss(labels: Any, logits: Any, params: SigmoidParams) -> jax.Array:
+    """Per-element sigmoid loss of ``params`` (see :func:`sigmoid_cross_entropy`)."""
+    logits, labels, pos, neg, options = _sigmoid_args(labels, logits, params)
+    return _sigmoid_loss(options + (None,), logits, labels, pos, neg)
+
+
+def reduced_params_loss(
+    labels: Any, logits: Any, params: Any, sample_weight: Any, reduction: str
+) -> Optional[jax.Array]:
+    """The Keras-reduced loss in one fused pass, or None where Keras' own reduction must run
+    (a ``sample_weight`` that is not one weight per row, a scalar or empty batch).
+
+    ``loss = sum_i s_i loss_i / D`` with ``D`` = 1 ('sum'), the non-ignored rows
+    ('sum_over_batch_size') or their sum of ``s`` ('mean_with_sample_weight'); ``D = 0``
+    gives 0. The sigmoid ``loss_i`` is the mean over the last axis.
+    """
+    logits = jnp.asarray(logits)
+    lead = tuple(logits.shape[:-1])
+    if len(lead) == 0 or int(np.prod(lead)) == 0:
+        return None
+    weight = None
+    if sample_weight is not None:
+        weight = jnp.asarray(sample_weight)
+        squeeze = _checks.fused_sample_weight(tuple(weight.shape), lead)
+        if squeeze is None:
+            return None
+        weight = (weight.squeeze(-1) if squeeze else weight).astype(_acc(logits.dtype))
+    if isinstance(params, SoftmaxParams):
+        logits, labels, weights, options = _softmax_args(labels, logits, params)
+        return _softmax_reduced(options + (reduction,), logits, labels, weights, weight)
+    logits, labels, pos, neg, options = _sigmoid_args(labels, logits, params)
+    return _sigmoid_reduced(options + (reduction,), logits, labels, pos, neg, weight)
+
+
+# ---------------------------------------------------------------------------------------
+# Functional API (the signatures of costxent.ops).
+
+
+def _checked(name: str, value: Any, nonnegative: bool) -> Any:
+    try:
+        return _checks.checked_weights(name, value, nonnegative)
+    except jax.errors.TracerArrayConversionError:
+        raise TypeError(
+            f"{name} must be a constant (a NumPy array, list or dict), got a traced JAX array: "
+            "the fused kernels take weights as constants"
+        ) from None
+
+
+_api = _portable.functional_api(softmax_params_loss, sigmoid_params_loss, _checked, __name__)
+softmax_cross_entropy = _api.softmax_cross_entropy
+expected_cost = _api.expected_cost
+sigmoid_cross_entropy = _api.sigmoid_cross_entropy
