@@ -109,3 +109,31 @@ def loss_input_gradient(name: str) -> Callable[[np.ndarray], np.ndarray]:
         return lambda g: g
     p = CASES[name][3].astype(np.float64)
     return lambda g: g / p
+
+
+# The functional-API configurations of the fused backend modules' tests (test_torch_ops.py,
+# test_jax_ops.py): name -> (labels, keyword arguments, whether it is the expected cost).
+FUNCTIONAL: dict[str, tuple[np.ndarray, dict, bool]] = {
+    "plain": (IDS, {}, False),
+    "class_weight_soft": (SOFT, dict(class_weight=[1.0, 2.0, 0.5, 3.0], label_smoothing=0.1), False),
+    "cost_focal_ignore": (IDS_IGNORED, dict(cost_matrix=COST, focal_gamma=2.0, ignore_class=-1),
+                          False),
+    "expected_cost": (IDS, dict(ce_weight=0.3), True),
+}
+
+
+def functional_call(api: Any, name: str, logits: Any, array: Callable = np.asarray) -> Any:
+    """The per-example loss of configuration ``name`` from a backend module ``api``, its
+    labels converted by ``array``."""
+    labels, kwargs, expected = FUNCTIONAL[name]
+    if expected:
+        return api.expected_cost(array(labels), logits, COST, **kwargs)
+    return api.softmax_cross_entropy(array(labels), logits, **kwargs)
+
+
+def functional_oracle(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 oracle's (loss, gradient) of configuration ``name`` on LOGITS."""
+    labels, kwargs, expected = FUNCTIONAL[name]
+    if expected:
+        return oracle.expected_cost(labels, LOGITS, COST, **kwargs)
+    return oracle.softmax_cross_entropy(labels, LOGITS, **kwargs)

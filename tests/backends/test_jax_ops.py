@@ -18,7 +18,10 @@ import jax.numpy as jnp  # noqa: E402
 
 import costxent as cx  # noqa: E402
 import oracle  # noqa: E402
-from cases import COST, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, SOFT, C, N  # noqa: E402
+from cases import (  # noqa: E402
+    COST, FUNCTIONAL, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, C, N, functional_call,
+    functional_oracle,
+)
 from costxent import jax_ops  # noqa: E402
 
 if jax_ops.unavailable_reason() is not None:
@@ -26,26 +29,9 @@ if jax_ops.unavailable_reason() is not None:
 
 UPSTREAM = np.random.default_rng(3).normal(size=N).astype(np.float32)
 
-SOFTMAX = {
-    "plain": (IDS, {}, {}),
-    "class_weight_soft": (SOFT, dict(class_weight=[1.0, 2.0, 0.5, 3.0], label_smoothing=0.1), {}),
-    "cost_focal_ignore": (IDS_IGNORED, dict(cost_matrix=COST, focal_gamma=2.0, ignore_class=-1), {}),
-    "expected_cost": (IDS, dict(ce_weight=0.3), dict(expected=True)),
-}
-
 
 def _call(name: str, logits):
-    labels, kwargs, how = SOFTMAX[name]
-    if how.get("expected"):
-        return jax_ops.expected_cost(labels, logits, COST, **kwargs)
-    return jax_ops.softmax_cross_entropy(labels, logits, **kwargs)
-
-
-def _oracle(name: str) -> tuple[np.ndarray, np.ndarray]:
-    labels, kwargs, how = SOFTMAX[name]
-    if how.get("expected"):
-        return oracle.expected_cost(labels, LOGITS, COST, **kwargs)
-    return oracle.softmax_cross_entropy(labels, LOGITS, **kwargs)
+    return functional_call(jax_ops, name, logits)
 
 
 def test_implementation_is_fused() -> None:
@@ -54,7 +40,7 @@ def test_implementation_is_fused() -> None:
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("name", list(SOFTMAX))
+@pytest.mark.parametrize("name", list(FUNCTIONAL))
 def test_softmax_values_and_gradients(name: str, jit: bool) -> None:
     def weighted(z):
         loss = _call(name, z)
@@ -62,7 +48,7 @@ def test_softmax_values_and_gradients(name: str, jit: bool) -> None:
 
     fn = jax.value_and_grad(weighted, has_aux=True)
     (_, loss), grad = (jax.jit(fn) if jit else fn)(jnp.asarray(LOGITS))
-    want, want_grad = _oracle(name)
+    want, want_grad = functional_oracle(name)
     np.testing.assert_allclose(np.asarray(loss), want, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(grad), UPSTREAM[:, None] * want_grad,
                                rtol=1e-5, atol=1e-7)

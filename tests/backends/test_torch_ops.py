@@ -17,7 +17,10 @@ import torch  # noqa: E402
 
 import costxent as cx  # noqa: E402
 import oracle  # noqa: E402
-from cases import COST, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, SOFT, C, N  # noqa: E402
+from cases import (  # noqa: E402
+    COST, FUNCTIONAL, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, C, N, functional_call,
+    functional_oracle,
+)
 from costxent import torch_ops  # noqa: E402
 
 if torch_ops.unavailable_reason() is not None:
@@ -25,39 +28,21 @@ if torch_ops.unavailable_reason() is not None:
 
 UPSTREAM = np.random.default_rng(3).normal(size=N)
 
-SOFTMAX = {
-    "plain": (IDS, {}, {}),
-    "class_weight_soft": (SOFT, dict(class_weight=[1.0, 2.0, 0.5, 3.0], label_smoothing=0.1), {}),
-    "cost_focal_ignore": (IDS_IGNORED, dict(cost_matrix=COST, focal_gamma=2.0, ignore_class=-1), {}),
-    "expected_cost": (IDS, dict(ce_weight=0.3), dict(expected=True)),
-}
 
-
-def _call(name: str, logits: torch.Tensor):
-    labels, kwargs, how = SOFTMAX[name]
-    labels = torch.as_tensor(labels)
-    if how.get("expected"):
-        return torch_ops.expected_cost(labels, logits, COST, **kwargs)
-    return torch_ops.softmax_cross_entropy(labels, logits, **kwargs)
-
-
-def _oracle(name: str) -> tuple[np.ndarray, np.ndarray]:
-    labels, kwargs, how = SOFTMAX[name]
-    if how.get("expected"):
-        return oracle.expected_cost(labels, LOGITS, COST, **kwargs)
-    return oracle.softmax_cross_entropy(labels, LOGITS, **kwargs)
+def _call(name: str, logits):
+    return functional_call(torch_ops, name, logits, torch.as_tensor)
 
 
 def test_implementation_is_fused() -> None:
     assert cx.implementation() in ("fused-cpu", "fused-gpu")
 
 
-@pytest.mark.parametrize("name", list(SOFTMAX))
+@pytest.mark.parametrize("name", list(FUNCTIONAL))
 def test_softmax_values_and_gradients(name: str) -> None:
     logits = torch.tensor(LOGITS, requires_grad=True)
     loss = _call(name, logits)
     (loss * torch.as_tensor(UPSTREAM, dtype=torch.float32)).sum().backward()
-    want, want_grad = _oracle(name)
+    want, want_grad = functional_oracle(name)
     np.testing.assert_allclose(loss.detach().numpy(), want, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(logits.grad.numpy(), UPSTREAM[:, None] * want_grad,
                                rtol=1e-5, atol=1e-7)
