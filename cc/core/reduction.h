@@ -10,7 +10,9 @@
 // (every row ignored or weighted 0) gives 0, as Keras' divide_no_nan.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cc/core/problem.h"
 #include "cc/core/spec.h"
@@ -78,6 +80,28 @@ double divisor_part(const DivisorInput<A>& d, int64_t begin, int64_t end) {
     sum += weights != nullptr ? static_cast<double>(weights[row]) : 1.0;
   }
   return sum;
+}
+
+// The block sums (or any values) added in order, as every host adapter ends a reduction.
+inline double sum_in_order(const double* values, int64_t count) {
+  double total = 0;
+  for (int64_t k = 0; k < count; ++k) total += values[k];
+  return total;
+}
+
+// D of host-resident rows: shard(fn) must run fn(begin, end) over row ranges made of whole
+// kReduceBlockRows blocks (in parallel or not); each block's part is kept apart and the parts
+// added in order, so D has the same bits whatever the threading.
+template <typename A, typename Shard>
+double blocked_divisor(const DivisorInput<A>& d, const Shard& shard) {
+  std::vector<double> parts(static_cast<size_t>(block_count(d.n)), 0.0);
+  shard([&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += kReduceBlockRows)
+      parts[static_cast<size_t>(b / kReduceBlockRows)] =
+          divisor_part(d, b, std::min(b + kReduceBlockRows, end));
+    return int64_t{-1};
+  });
+  return sum_in_order(parts.data(), static_cast<int64_t>(parts.size()));
 }
 
 // The multiplier of every row's loss and gradient: scale / (D * per_row_count), 0 for D = 0.

@@ -555,9 +555,7 @@ class BlockSums {
 #if COSTXENT_WITH_CUDA
     if (device_ != nullptr) device_->copy_to(host_.data(), size());
 #endif
-    double sum = 0;
-    for (double b : host_) sum += b;
-    return sum;
+    return sum_in_order(host_.data(), size());
   }
 
  private:
@@ -645,10 +643,7 @@ double keras_divisor(const Array& logits, const DivisorInput<A>& d, int64_t stre
     no_cuda(logits, "a reduced call");
 #endif
   }
-  double divisor = 0;
-  for (int64_t b = 0; b < d.n; b += kReduceBlockRows)
-    divisor += divisor_part(d, b, std::min(b + kReduceBlockRows, d.n));
-  return divisor;
+  return blocked_divisor(d, [&](const auto& fn) { fn(0, d.n); });
 }
 
 // ---------------------------------------------------------------------------------------

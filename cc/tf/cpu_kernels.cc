@@ -107,23 +107,12 @@ struct Launch<CPUDevice> {
 
   template <typename A>
   static double divisor(OpKernelContext* ctx, const DivisorInput<A>& d) {
-    std::vector<double> parts(static_cast<size_t>(block_count(d.n)), 0.0);
-    shard_blocks(ctx, d.n, 4.0, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; b += kReduceBlockRows)
-        parts[static_cast<size_t>(b / kReduceBlockRows)] =
-            divisor_part(d, b, std::min(b + kReduceBlockRows, end));
-      return int64_t{-1};
-    });
-    double total = 0;
-    for (double v : parts) total += v;
-    return total;
+    return blocked_divisor(d, [&](const auto& fn) { shard_blocks(ctx, d.n, 4.0, fn); });
   }
 
   template <typename A>
   static void sum_blocks(OpKernelContext*, const double* block_sums, int64_t count, A* loss) {
-    double total = 0;
-    for (int64_t b = 0; b < count; ++b) total += block_sums[b];
-    *loss = static_cast<A>(total);
+    *loss = static_cast<A>(sum_in_order(block_sums, count));
   }
 
   template <typename T, typename A>

@@ -106,16 +106,7 @@ class HostDevice {
 
   template <typename A>
   ffi::Error divisor(const DivisorInput<A>& d, double* out) {
-    std::vector<double> parts(static_cast<size_t>(block_count(d.n)), 0.0);
-    blocks(d.n, 4.0, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; b += kReduceBlockRows)
-        parts[static_cast<size_t>(b / kReduceBlockRows)] =
-            divisor_part(d, b, std::min(b + kReduceBlockRows, end));
-      return int64_t{-1};
-    });
-    double total = 0;
-    for (double v : parts) total += v;
-    *out = total;
+    *out = blocked_divisor(d, [&](const auto& fn) { blocks(d.n, 4.0, fn); });
     return ffi::Error::Success();
   }
 
@@ -127,9 +118,7 @@ class HostDevice {
 
   template <typename A>
   ffi::Error sum_blocks(const double* sums, int64_t count, A* loss) {
-    double total = 0;
-    for (int64_t b = 0; b < count; ++b) total += sums[b];
-    *loss = static_cast<A>(total);
+    *loss = static_cast<A>(sum_in_order(sums, count));
     return ffi::Error::Success();
   }
 
