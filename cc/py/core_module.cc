@@ -1014,6 +1014,10 @@ PYBIND11_MODULE(_core, m) {
         "The typed XLA FFI handlers of the fused ops, the ones TensorFlow's XLA runs, for "
         "jax.ffi: {platform: {target name: PyCapsule}}, platform 'cpu' and (CUDA builds) "
         "'CUDA'. Absent when the build had no XLA FFI headers.");
+  m.def("xla_ffi_api_version",
+        [] { return py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR); },
+        "(major, minor) of the XLA FFI API the handlers were compiled against: an XLA whose "
+        "major differs, or whose minor is lower, refuses them.");
 #endif
   m.def("cpu_instruction_set", &cpu::instruction_set,
         "The CPU kernels' instruction set chosen at load time.");

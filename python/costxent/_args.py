@@ -10,7 +10,6 @@ C++ validation in ``cc/core/spec.cc``, or by ``runtime_checks`` on the reference
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -22,6 +21,7 @@ from costxent._checks import (  # noqa: F401 (checked_weights: used through this
     checked_weights,
     class_weight_vector,
 )
+from costxent._checks import ignore_class as _ignore_class
 from costxent._checks import scalar as _scalar
 
 _LOGIT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -241,10 +241,7 @@ def softmax_inputs(
     label_smoothing = _scalar("label_smoothing", label_smoothing, 0.0, 1.0)
     focal_gamma = _scalar("focal_gamma", focal_gamma, 0.0)
     ce_weight = _scalar("ce_weight", ce_weight, 0.0)
-    if ignore_class is not None and (
-        not isinstance(ignore_class, numbers.Integral) or isinstance(ignore_class, bool)
-    ):
-        raise TypeError(f"ignore_class must be an int or None, got {ignore_class!r}")
+    ignore_class = _ignore_class(ignore_class)
     labels, sparse = labels_by_shape(labels, logits, c)
     if ignore_class is not None and not sparse:
         raise ValueError(

@@ -48,6 +48,15 @@ def scalar(name: str, value: Any, low: float, high: float = math.inf) -> float:
     return value
 
 
+def ignore_class(value: Any) -> Optional[int]:
+    """``ignore_class`` as an int, or None (a bool or a float is refused, not rounded)."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"ignore_class must be an int or None, got {value!r}")
+    return int(value)
+
+
 def check_weight_values(name: str, values: np.ndarray, nonnegative: bool) -> None:
     """Finite, and >= 0 when the weight multiplies a cross-entropy (DESIGN 2.4)."""
     bad = ~np.isfinite(values)

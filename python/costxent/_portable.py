@@ -91,7 +91,7 @@ def functional_api(
             cost_matrix=checked("cost_matrix", cost_matrix, True),
             label_smoothing=_checks.scalar("label_smoothing", label_smoothing, 0.0, 1.0),
             focal_gamma=_checks.scalar("focal_gamma", focal_gamma, 0.0),
-            ignore_class=ignore_class,
+            ignore_class=_checks.ignore_class(ignore_class),
         )
         return softmax_params_loss(labels, logits, params)
 
@@ -113,7 +113,7 @@ def functional_api(
             cost_matrix=checked("cost_matrix", cost_matrix, False),
             label_smoothing=_checks.scalar("label_smoothing", label_smoothing, 0.0, 1.0),
             ce_weight=_checks.scalar("ce_weight", ce_weight, 0.0),
-            ignore_class=ignore_class,
+            ignore_class=_checks.ignore_class(ignore_class),
         )
         return softmax_params_loss(labels, logits, params)
 

@@ -21,6 +21,8 @@ and second derivatives are not defined for the fused kernels and raise JAX's err
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 from typing import Any, Optional
 
 import jax
@@ -47,6 +49,18 @@ _SIGMOID_TARGETS = ("costxent_sigmoid_loss", "costxent_sigmoid_loss_grad",
                     "costxent_sigmoid_loss_reduced")
 
 
+def _jax_ffi_api_version() -> Optional[tuple[int, int]]:
+    """The XLA FFI API version of the installed jaxlib, from the header it ships (the one its
+    runtime implements), or None."""
+    try:
+        header = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"
+        text = header.read_text()
+    except (AttributeError, OSError):
+        return None
+    found = [re.search(rf"#define XLA_FFI_API_{part}\s+(\d+)", text) for part in ("MAJOR", "MINOR")]
+    return None if None in found else (int(found[0].group(1)), int(found[1].group(1)))
+
+
 @functools.lru_cache(maxsize=None)
 def _registered() -> tuple[frozenset, Optional[str]]:
     """(the platforms whose handlers are registered with JAX, why none is), once."""
@@ -55,10 +69,21 @@ def _registered() -> tuple[frozenset, Optional[str]]:
         return frozenset(), reason
     if not hasattr(core, "xla_ffi_targets"):
         return frozenset(), "costxent._core was built without XLA's FFI headers"
+    needed, found = core.xla_ffi_api_version(), _jax_ffi_api_version()
+    if found is None or found[0] != needed[0] or found[1] < needed[1]:
+        # Registering anyway would make JAX's CPU backend itself fail to start.
+        return frozenset(), (
+            f"JAX {jax.__version__} has XLA FFI API {'unknown' if found is None else found}; "
+            f"costxent's handlers need {needed[0]}.{needed[1]} or newer (jax >= 0.9)"
+        )
     platforms = core.xla_ffi_targets()
-    for platform, targets in platforms.items():
-        for name, capsule in targets.items():
-            jax.ffi.register_ffi_target(name, capsule, platform=platform)
+    try:
+        for platform, targets in platforms.items():
+            for name, capsule in targets.items():
+                jax.ffi.register_ffi_target(name, capsule, platform=platform)
+    except Exception as exc:  # an older JAX: no jax.ffi, or an XLA that refuses the handlers
+        return frozenset(), (f"JAX {jax.__version__} does not take costxent's XLA FFI handlers "
+                             f"({type(exc).__name__}: {exc})")
     return frozenset(p.lower() for p in platforms), None
 
 
@@ -102,17 +127,22 @@ def _outputs(variant: int, logits: Any, loss_shape: tuple) -> tuple:
     return jax.ShapeDtypeStruct(loss, acc), jax.ShapeDtypeStruct(backprop, logits.dtype)
 
 
-# The options of one call, hashable (custom_vjp's non-differentiable arguments):
-# softmax (loss_kind, label_smoothing, focal_gamma, ce_weight, ignore_class, reduction),
-# sigmoid (label_smoothing, focal_gamma, reduction); reduction None for per-example calls.
-
-
 def _target(names: tuple, variant: int) -> str:
     """The target of a variant, registered with JAX first (at trace time, once)."""
-    reason = _registered()[1]
+    reason = unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"costxent's fused kernels are not available to JAX: {reason}")
+        raise RuntimeError(f"costxent's fused kernels cannot run under JAX here: {reason}")
     return names[variant]
+
+
+def _reduction_code(reduction: Optional[str]) -> int:
+    return 0 if reduction is None else _REDUCTION[reduction]
+
+
+# The calls' options: softmax (loss_kind, label_smoothing, focal_gamma, ce_weight,
+# ignore_class, reduction), sigmoid (label_smoothing, focal_gamma, reduction), reduction None
+# for per-example calls. Weights were checked when the options were made, so the handlers do
+# not scan them again (check_weights).
 
 
 def _softmax_call(variant: int, options: tuple, logits: Any, labels: Any, weights: Any,
@@ -126,9 +156,9 @@ def _softmax_call(variant: int, options: tuple, logits: Any, labels: Any, weight
         logits, labels, _operand(weights, acc), _operand(scale, acc),
         variant=np.int32(variant), loss_kind=np.int32(_LOSS_KIND[kind]),
         has_ignore_class=ignore_class is not None,
-        ignore_class=np.int64(0 if ignore_class is None else ignore_class), check_weights=True,
+        ignore_class=np.int64(0 if ignore_class is None else ignore_class), check_weights=False,
         label_smoothing=np.float64(smoothing), focal_gamma=np.float64(gamma),
-        ce_weight=np.float64(ce_weight), reduction=np.int32(_REDUCTION.get(reduction, 0)),
+        ce_weight=np.float64(ce_weight), reduction=np.int32(_reduction_code(reduction)),
         scale=np.float64(1.0),
     )
 
@@ -141,92 +171,84 @@ def _sigmoid_call(variant: int, options: tuple, logits: Any, labels: Any, pos: A
     acc = _acc(logits.dtype)
     return call(
         logits, labels, _operand(pos, acc), _operand(neg, acc), _operand(scale, acc),
-        variant=np.int32(variant), check_weights=True, label_smoothing=np.float64(smoothing),
-        focal_gamma=np.float64(gamma), reduction=np.int32(_REDUCTION.get(reduction, 0)),
+        variant=np.int32(variant), check_weights=False, label_smoothing=np.float64(smoothing),
+        focal_gamma=np.float64(gamma), reduction=np.int32(_reduction_code(reduction)),
         scale=np.float64(1.0),
     )
 
 
 # ---------------------------------------------------------------------------------------
-# Differentiable calls. Constants (labels, weights, sample weights) get no cotangent.
+# Differentiable calls: f(options, logits, *constants), differentiable in the logits only.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax_loss(options: tuple, logits: Any, labels: Any, weights: Any) -> Any:
-    return _softmax_call(_LOSS, options, logits, labels, weights, None)[0]
+def _primal_values(logits: Any, constants: tuple, names: tuple) -> tuple[Any, tuple]:
+    """The values a symbolic-zeros forward rule receives; a derivative asked of anything but
+    the logits is an error, not a silent zero (DESIGN 3)."""
+    wrapped = lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal)  # noqa: E731
+    for name, value in zip(names, constants):
+        if any(p.perturbed for p in jax.tree_util.tree_leaves(value, is_leaf=wrapped)):
+            raise TypeError(
+                f"costxent's fused kernels differentiate the loss in the logits only, not in "
+                f"{name}: take {name} as a constant (jax.lax.stop_gradient), or use the "
+                "keras.ops reference (costxent._portable) for that derivative"
+            )
+    unwrap = lambda tree: jax.tree_util.tree_map(lambda p: p.value, tree, is_leaf=wrapped)  # noqa: E731
+    return unwrap(logits), tuple(unwrap(c) for c in constants)
 
 
-def _softmax_loss_fwd(options, logits, labels, weights):
-    return _softmax_loss(options, logits, labels, weights), (logits, labels, weights)
+def _per_example(call: Any, names: tuple) -> Any:
+    """The per-example loss of ``call``: the forward writes the loss only; the backward
+    recomputes from the logits, the upstream gradient folded into the row pass."""
 
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def loss(options: tuple, logits: Any, *constants: Any) -> Any:
+        return call(_LOSS, options, logits, *constants, None)[0]
 
-def _softmax_loss_bwd(options, saved, grad_loss):
-    logits, labels, weights = saved
-    return (_softmax_call(_GRAD, options, logits, labels, weights, grad_loss)[1], None, None)
+    def fwd(options, logits, *constants):
+        logits, constants = _primal_values(logits, constants, names)
+        return call(_LOSS, options, logits, *constants, None)[0], (logits, constants)
 
+    def bwd(options, saved, grad_loss):
+        logits, constants = saved
+        backprop = call(_GRAD, options, logits, *constants, grad_loss)[1]
+        return (backprop,) + (None,) * len(constants)
 
-_softmax_loss.defvjp(_softmax_loss_fwd, _softmax_loss_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sigmoid_loss(options: tuple, logits: Any, labels: Any, pos: Any, neg: Any) -> Any:
-    return _sigmoid_call(_LOSS, options, logits, labels, pos, neg, None)[0]
-
-
-def _sigmoid_loss_fwd(options, logits, labels, pos, neg):
-    return _sigmoid_loss(options, logits, labels, pos, neg), (logits, labels, pos, neg)
-
-
-def _sigmoid_loss_bwd(options, saved, grad_loss):
-    logits, labels, pos, neg = saved
-    backprop = _sigmoid_call(_GRAD, options, logits, labels, pos, neg, grad_loss)[1]
-    return (backprop, None, None, None)
-
-
-_sigmoid_loss.defvjp(_sigmoid_loss_fwd, _sigmoid_loss_bwd)
+    loss.defvjp(fwd, bwd, symbolic_zeros=True)
+    return loss
 
 
 def _scaled(backprop: Any, grad_loss: Any) -> Any:
-    # In float32 and rounded once; XLA drops the multiply (and the casts) when the upstream
-    # scalar is the constant 1.
+    # In the accumulation dtype and rounded once; XLA drops the multiply (and the casts) when
+    # the upstream scalar is the constant 1.
     return (backprop.astype(grad_loss.dtype) * grad_loss).astype(backprop.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax_reduced(options: tuple, logits: Any, labels: Any, weights: Any,
-                     sample_weight: Any) -> Any:
-    # Outside differentiation the gradient is written too (XLA cannot drop a result of a
-    # custom call): one extra write of the logits' size, in evaluation only.
-    return _softmax_call(_REDUCED, options, logits, labels, weights, sample_weight)[0]
+def _reduced(call: Any, names: tuple) -> Any:
+    """The Keras-reduced loss of ``call`` (its last constant the sample weights): one pass
+    writes the scalar and its gradient, which the backward scales by the upstream scalar.
+    Outside differentiation the gradient is written too (XLA keeps every result of a custom
+    call): one extra write of the logits' size, in evaluation only."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def loss(options: tuple, logits: Any, *constants: Any) -> Any:
+        return call(_REDUCED, options, logits, *constants)[0]
+
+    def fwd(options, logits, *constants):
+        logits, constants = _primal_values(logits, constants, names)
+        return call(_REDUCED, options, logits, *constants)
+
+    def bwd(options, backprop, grad_loss):
+        return (_scaled(backprop, grad_loss),) + (None,) * len(names)
+
+    loss.defvjp(fwd, bwd, symbolic_zeros=True)
+    return loss
 
 
-def _softmax_reduced_fwd(options, logits, labels, weights, sample_weight):
-    loss, backprop = _softmax_call(_REDUCED, options, logits, labels, weights, sample_weight)
-    return loss, backprop
-
-
-def _softmax_reduced_bwd(options, backprop, grad_loss):
-    return (_scaled(backprop, grad_loss), None, None, None)
-
-
-_softmax_reduced.defvjp(_softmax_reduced_fwd, _softmax_reduced_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sigmoid_reduced(options: tuple, logits: Any, labels: Any, pos: Any, neg: Any,
-                     sample_weight: Any) -> Any:
-    return _sigmoid_call(_REDUCED, options, logits, labels, pos, neg, sample_weight)[0]
-
-
-def _sigmoid_reduced_fwd(options, logits, labels, pos, neg, sample_weight):
-    return _sigmoid_call(_REDUCED, options, logits, labels, pos, neg, sample_weight)
-
-
-def _sigmoid_reduced_bwd(options, backprop, grad_loss):
-    return (_scaled(backprop, grad_loss), None, None, None, None)
-
-
-_sigmoid_reduced.defvjp(_sigmoid_reduced_fwd, _sigmoid_reduced_bwd)
+_softmax_loss = _per_example(_softmax_call, ("labels", "weights"))
+_sigmoid_loss = _per_example(_sigmoid_call, ("labels", "pos_weight", "neg_weight"))
+_softmax_reduced = _reduced(_softmax_call, ("labels", "weights", "sample_weight"))
+_sigmoid_reduced = _reduced(_sigmoid_call, ("labels", "pos_weight", "neg_weight",
+                                            "sample_weight"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,7 +257,7 @@ _sigmoid_reduced.defvjp(_sigmoid_reduced_fwd, _sigmoid_reduced_bwd)
 
 def _class_ids(labels: Any) -> Any:
     """int32/int64 class ids; a float id must be a whole number (NaN or 1.5 is an error)."""
-    if jnp.issubdtype(labels.dtype, jnp.integer):
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
         return labels if labels.dtype in (jnp.int32, jnp.int64) else labels.astype(jnp.int32)
     whole = jnp.isfinite(labels) & (labels == jnp.round(labels))
     try:
@@ -256,9 +278,28 @@ def _logits(logits: Any, minimum: int) -> tuple[Any, int]:
     return logits, _checks.num_classes(logits.dtype.name, tuple(logits.shape), minimum)
 
 
+def _narrowed(labels: Any) -> Any:
+    """Labels as JAX takes them: without x64, 64-bit integers become int32, so an id beyond
+    int32 (which would wrap to a valid class) is reported here, while its value is known."""
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.size and (
+        not jax.config.jax_enable_x64
+    ):
+        info = np.iinfo(np.int32)
+        wide = (labels < info.min) | (labels > info.max)
+        if wide.any():
+            index = tuple(int(i) for i in np.argwhere(wide)[0])
+            raise ValueError(
+                f"labels{list(index)} = {labels[index]} is outside the valid class range (JAX "
+                "without x64 holds class ids as int32)"
+            )
+    return jnp.asarray(labels)
+
+
 def _softmax_args(labels: Any, logits: Any, params: SoftmaxParams) -> tuple:
     logits, c = _logits(logits, 2)
-    labels = jnp.asarray(labels)
+    labels = _narrowed(labels)
     layout, weights, options = _portable.fused_softmax_constants(
         tuple(labels.shape), tuple(logits.shape), c, params)
     if layout == "sparse_squeeze":

@@ -244,7 +244,7 @@ class WeightedCategoricalCrossentropy(_CostxentLoss):
         self._class_weight = _checks.checked_weights("class_weight", class_weight, True)
         self._cost_matrix = _checks.checked_weights("cost_matrix", cost_matrix, True)
         self.focal_gamma = float(focal_gamma)
-        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        self.ignore_class = _checks.ignore_class(ignore_class)
 
     @property
     def class_weight(self) -> Any:
@@ -329,7 +329,7 @@ class ExpectedCostLoss(_CostxentLoss):
             raise ValueError("cost_matrix is required for ExpectedCostLoss, got None")
         self._cost_matrix = _checks.checked_weights("cost_matrix", cost_matrix, False)
         self.ce_weight = float(ce_weight)
-        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        self.ignore_class = _checks.ignore_class(ignore_class)
 
     @property
     def cost_matrix(self) -> np.ndarray:

@@ -19,8 +19,8 @@ import jax.numpy as jnp  # noqa: E402
 import costxent as cx  # noqa: E402
 import oracle  # noqa: E402
 from cases import (  # noqa: E402
-    COST, FUNCTIONAL, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, C, N, functional_call,
-    functional_oracle,
+    COST, FUNCTIONAL, IDS, IDS_IGNORED, LOGITS, MULTI, SAMPLE_WEIGHT, SOFT, C, N,
+    functional_call, functional_oracle,
 )
 from costxent import jax_ops  # noqa: E402
 
@@ -156,3 +156,61 @@ def test_forward_mode_is_refused_by_jax() -> None:
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(lambda z: jax_ops.softmax_cross_entropy(IDS, z), (jnp.asarray(LOGITS),),
                 (jnp.ones((N, C), jnp.float32),))
+
+
+def test_derivatives_in_anything_but_the_logits_are_refused() -> None:
+    """Soft labels and sample weights are constants to the kernels: asking for their
+    derivative is an error naming them, never a silent zero."""
+    loss = cx.WeightedCategoricalCrossentropy(from_logits=True)
+    z = jnp.asarray(LOGITS)
+    with pytest.raises(TypeError, match="not in labels"):
+        jax.grad(lambda t: jnp.sum(jax_ops.softmax_cross_entropy(t, z)))(jnp.asarray(SOFT))
+    with pytest.raises(TypeError, match="not in sample_weight"):
+        jax.grad(lambda s: loss(IDS, z, sample_weight=s))(jnp.asarray(SAMPLE_WEIGHT))
+    with pytest.raises(TypeError, match="not in labels"):
+        jax.grad(lambda t: jnp.sum(jax_ops.sigmoid_cross_entropy(t, z)))(jnp.asarray(MULTI))
+
+
+def test_sample_weight_of_shape_n_1_is_folded_in() -> None:
+    loss = cx.WeightedCategoricalCrossentropy(from_logits=True, reduction="sum")
+    z = jnp.asarray(LOGITS)
+    got = jax.jit(lambda z: loss(IDS, z, sample_weight=SAMPLE_WEIGHT[:, None]))(z)
+    per, _ = oracle.softmax_cross_entropy(IDS, LOGITS)
+    np.testing.assert_allclose(float(got), np.sum(SAMPLE_WEIGHT * per), rtol=2e-6)
+
+
+def test_label_forms() -> None:
+    """Bool ids are classes 0/1; float ids traced under jit reach the kernel, which reports a
+    bad one; an int64 id beyond int32 is reported before JAX would wrap it to a class."""
+    z = jnp.asarray(LOGITS)
+    flags = IDS % 2 == 1
+    want, _ = oracle.softmax_cross_entropy(flags.astype(np.int64), LOGITS)
+    np.testing.assert_allclose(np.asarray(jax_ops.softmax_cross_entropy(flags, z)), want,
+                               rtol=2e-6, atol=1e-7)
+    traced = jax.jit(lambda y, z: jax_ops.softmax_cross_entropy(y, z))
+    want, _ = oracle.softmax_cross_entropy(IDS, LOGITS)
+    np.testing.assert_allclose(np.asarray(traced(IDS.astype(np.float32), z)), want, rtol=2e-6,
+                               atol=1e-7)
+    bad = IDS.astype(np.float32)
+    bad[2] = 1.5
+    with pytest.raises(ValueError, match=r"labels\[2\] = -2147483648 is outside"):
+        traced(bad, z).block_until_ready()
+    if not jax.config.jax_enable_x64:
+        wide = IDS.copy()
+        wide[3] = 2**32 + 1
+        with pytest.raises(ValueError, match=r"labels\[3\] = 4294967297 is outside"):
+            jax_ops.softmax_cross_entropy(wide, z)
+
+
+def test_ignore_class_must_be_an_int() -> None:
+    for bad in (True, 1.7):
+        with pytest.raises(TypeError, match="ignore_class must be an int or None"):
+            jax_ops.softmax_cross_entropy(IDS, LOGITS, ignore_class=bad)
+
+
+def test_the_handlers_ffi_api_is_one_this_jax_takes() -> None:
+    from costxent import _library
+
+    core, _ = _library.load_core()
+    needed, found = core.xla_ffi_api_version(), jax_ops._jax_ffi_api_version()
+    assert found is not None and found[0] == needed[0] and found[1] >= needed[1]
