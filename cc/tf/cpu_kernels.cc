@@ -4,11 +4,8 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "cc/core/cpu.h"
+#include "cc/core/huge_pages.h"
 #include "cc/core/scale.h"
 #include "cc/tf/kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -41,22 +38,6 @@ int64_t shard_and_find_first_invalid(OpKernelContext* ctx, int64_t total, double
   return result == total ? -1 : result;
 }
 
-// TensorFlow's CPU allocator hands out large outputs as fresh 4 KiB pages, and faulting in
-// 64 MiB of them costs several times the kernel itself on a VM. Asking for transparent huge
-// pages before the first write (as NumPy does for its large arrays) removes most faults;
-// memory already touched is unaffected, and the call is advisory (errors are ignored).
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
-
 // Runs fn(begin, end) over whole reduction blocks of n rows, so every block sum is computed
 // by one call whatever the split; returns the smallest invalid index reported, or -1.
 template <typename Fn>
@@ -78,8 +59,7 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
-    if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
-      advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
+    advise_output_pages(p, 0);
     const double cycles = cpu::softmax_row_cycles(
         p.c, p.dense != nullptr,
         p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);
@@ -90,9 +70,7 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
-    if (p.loss != nullptr) advise_huge_pages(p.loss, sizeof(A) * p.n * p.c);
-    if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
-      advise_huge_pages(p.backprop, sizeof(T) * p.n * p.c);
+    advise_output_pages(p, static_cast<size_t>(p.n * p.c));
     const double cycles = cpu::sigmoid_element_cycles(p.focal_gamma != A(0));
     if (p.block_sums != nullptr) {
       return shard_blocks(ctx, p.n, cycles * static_cast<double>(p.c),
