@@ -59,7 +59,7 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
-    advise_output_pages(p, 0);
+    advise_output_pages(p, static_cast<size_t>(p.n));
     const double cycles = cpu::softmax_row_cycles(
         p.c, p.dense != nullptr,
         p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);

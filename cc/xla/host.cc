@@ -81,7 +81,7 @@ class HostDevice {
 
   template <typename T, typename A>
   ffi::Error softmax(const SoftmaxProblem<T, A>& p, int64_t* bad) {
-    advise_output_pages(p, 0);  // XLA's fresh result buffers
+    advise_output_pages(p, static_cast<size_t>(p.n));  // XLA's fresh result buffers
     const double cycles = cpu::softmax_row_cycles(
         p.c, p.dense != nullptr,
         p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);
