@@ -6,8 +6,8 @@ eager and compiled (``torch.compile`` / ``jax.jit``), side by side in one interl
     KERAS_BACKEND=jax python benchmarks/backends_bench.py --out benchmarks/results
 
 Prints one row per (C, variant): the median milliseconds and the ratio to the first variant
-(the fused per-example call: eager on torch, jax.jit on JAX); on JAX also the Keras loss
-object (its mean folded into the fused pass). --out also writes JSON, text and a plot.
+(the fused per-example call: eager on torch, jax.jit on JAX) and the Keras loss object (its
+mean folded into the fused pass). --out also writes JSON, text and a plot.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def _variants(labels: np.ndarray, logits: np.ndarray, cost: Any) -> dict[str, Ca
 
         fused = torch.compile(lambda a, b, p: torch_ops.softmax_params_loss(a, b, p))
         composite = torch.compile(lambda a, b, p: _portable.softmax_loss(a, b, p))
+        keras_loss = WeightedCategoricalCrossentropy(cost_matrix=cost, from_logits=True)
         return {
             "fused eager": step(torch_ops.softmax_params_loss),
+            "fused Keras loss eager": step(lambda a, b, p: keras_loss(a, b)),
             "fused torch.compile": step(fused),
             "composite eager": step(_portable.softmax_loss),
             "composite torch.compile": step(composite),

@@ -268,6 +268,8 @@ for _op in (_softmax_loss_reduced, _sigmoid_loss_reduced):
 def _reduced_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])
     ctx.num_inputs = len(inputs)
+    # Nothing flows into the backprop output: no N x C tensor of zeros for its gradient.
+    ctx.set_materialize_grads(False)
 
 
 def _reduced_grad(ctx, grad_loss, grad_backprop):
