@@ -143,3 +143,22 @@ def test_jax_ops_register_their_kernels_on_first_use() -> None:
     onehot = np.eye(3)[[1, 2]]
     np.testing.assert_allclose(values[0], -np.log(p[onehot == 1]).sum(), rtol=1e-6)
     np.testing.assert_allclose(values[1:], (p - onehot).ravel(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax"),
+                                             ("torch", "torch")])
+def test_info_runs_on_every_backend(backend: str, module: str) -> None:
+    _require(module)
+    run = subprocess.run([sys.executable, "-m", "costxent", "info"], env=_env(backend),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"on {backend} " in run.stdout
+    implementation = next(l for l in run.stdout.splitlines() if l.startswith("implementation:"))
+    assert implementation.split(": ", 1)[1].startswith(("fused-", "reference: "))
+    # row 1: true class 1, logits [0.5, 0, 2.5] predict 2 at cost M[1, 2] = 5
+    z = np.array([0.5, 0.0, 2.5])
+    ce = np.log(np.exp(z).sum()) - z[1]
+    p = np.exp(z) / np.exp(z).sum()
+    row = next(l for l in run.stdout.splitlines() if l.startswith("  1     1"))
+    np.testing.assert_allclose([float(v) for v in row.split()[-3:]],
+                               [ce, 5 * ce, 2 * p[0] + 5 * p[2]], atol=6e-5)

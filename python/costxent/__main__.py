@@ -9,9 +9,11 @@ from typing import Optional, Sequence
 
 
 def info() -> int:
-    """Print versions, the active implementation, and a small worked cost-matrix example."""
+    """Print versions, the active implementation, and a small worked cost-matrix example, on
+    the running Keras backend (TensorFlow, JAX or PyTorch)."""
+    import keras
     import numpy as np
-    import tensorflow as tf
+    from keras import ops as kops
 
     import costxent as cx
 
@@ -21,22 +23,28 @@ def info() -> int:
         built_for = f"TensorFlow {_build_info.TF_VERSION}, CUDA kernels: {_build_info.WITH_CUDA}"
     except ImportError:
         built_for = "not built"
+    backend = keras.backend.backend()
+    framework = __import__("torch" if backend == "torch" else backend)
     print(f"costxent {cx.__version__}")
-    print(f"TensorFlow {tf.__version__}, Keras {__import__('keras').__version__}")
-    print(f"op library: built for {built_for}")
-    print(f"implementation: {cx.ops.implementation()}")
+    print(f"Keras {keras.__version__} on {backend} {framework.__version__}")
+    print(f"libraries: built for {built_for}")
+    print(f"implementation: {cx.implementation()}")
 
     # M[true, predicted]: a true 1 predicted as 2 costs 5, predicted as 0 costs 2.
     cost = np.array([[0.0, 1.0, 1.0], [2.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
-    logits = tf.constant([[3.0, 1.0, 0.0], [0.5, 0.0, 2.5], [2.0, 0.1, 0.1]])
-    labels = tf.constant([0, 1, 1])
-    plain = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    weighted = cx.ops.softmax_cross_entropy(labels, logits, cost_matrix=cost)
-    expected = cx.ops.expected_cost(labels, logits, cost)
+    logits = np.array([[3.0, 1.0, 0.0], [0.5, 0.0, 2.5], [2.0, 0.1, 0.1]], np.float32)
+    labels = np.array([0, 1, 1])
+    per_example = dict(from_logits=True, reduction=None)
+    columns = [
+        cx.WeightedCategoricalCrossentropy(**per_example)(labels, logits),
+        cx.WeightedCategoricalCrossentropy(cost_matrix=cost, **per_example)(labels, logits),
+        cx.ExpectedCostLoss(cost, **per_example)(labels, logits),
+    ]
+    plain, weighted, expected = (kops.convert_to_numpy(c) for c in columns)
     print("\nWorked example, cost matrix M[true, predicted]:")
     print(cost)
     print("row  true  predicted  M[true,pred]  cross-entropy  cost-weighted CE  expected cost")
-    predicted = tf.argmax(logits, axis=-1).numpy()
+    predicted = logits.argmax(axis=-1)
     for i in range(3):
         y, j = int(labels[i]), int(predicted[i])
         print(
