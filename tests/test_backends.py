@@ -108,7 +108,9 @@ def test_import_without_tensorflow(backend: str, module: str) -> None:
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     implementation, values, ops = run.stdout.strip().splitlines()[-3:]
-    assert implementation.startswith(("fused-", "reference: "))
+    # where the core module is built, both backends run the fused kernels
+    built = importlib.util.find_spec("costxent._core") is not None
+    assert implementation.startswith("fused-" if built else "reference: "), implementation
     # labels [1, 0], logits [[2, 0], [0, 1]]: both predictions wrong, costing M[1, 0] = 5
     # and M[0, 1] = 1 times their cross-entropies log(1 + e^2) and log(1 + e)
     loss, cost = (float(v) for v in values.split())
