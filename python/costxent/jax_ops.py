@@ -13,9 +13,11 @@ function has a ``jax.custom_vjp`` whose backward follows DESIGN 3:
   its gradient; the backward multiplies that gradient by the upstream scalar, a multiply
   XLA removes when the scalar is the constant 1 (``jax.grad`` of the loss itself).
 
-Gradients flow to the logits only: labels and weights are constants. ``jax.jit`` and
-``jax.vmap`` (one call per mapped slice) work; forward-mode differentiation (``jax.jvp``)
-and second derivatives are not defined for the fused kernels and raise JAX's error.
+Gradients flow to the logits only: labels, weights and sample weights are constants, and a
+derivative asked of one is a TypeError naming it. ``jax.jit`` and ``jax.vmap`` (one call per
+mapped slice) work; forward-mode differentiation (``jax.jvp``) and second derivatives are not
+defined for the fused kernels and raise JAX's error. The handlers need the XLA FFI API of
+jax >= 0.9; with an older JAX the Keras losses take the ``keras.ops`` reference.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def _jax_ffi_api_version() -> Optional[tuple[int, int]]:
         text = header.read_text()
     except (AttributeError, OSError):
         return None
-    found = [re.search(rf"#define XLA_FFI_API_{part}\s+(\d+)", text) for part in ("MAJOR", "MINOR")]
+    found = [re.search(rf"#define XLA_FFI_API_{part}\s+(\d+)", text)
+             for part in ("MAJOR", "MINOR")]
     return None if None in found else (int(found[0].group(1)), int(found[1].group(1)))
 
 
@@ -184,7 +187,12 @@ def _sigmoid_call(variant: int, options: tuple, logits: Any, labels: Any, pos: A
 def _primal_values(logits: Any, constants: tuple, names: tuple) -> tuple[Any, tuple]:
     """The values a symbolic-zeros forward rule receives; a derivative asked of anything but
     the logits is an error, not a silent zero (DESIGN 3)."""
-    wrapped = lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal)  # noqa: E731
+    def wrapped(x: Any) -> bool:
+        return isinstance(x, jax.custom_derivatives.CustomVJPPrimal)
+
+    def unwrap(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda p: p.value, tree, is_leaf=wrapped)
+
     for name, value in zip(names, constants):
         if any(p.perturbed for p in jax.tree_util.tree_leaves(value, is_leaf=wrapped)):
             raise TypeError(
@@ -192,7 +200,6 @@ def _primal_values(logits: Any, constants: tuple, names: tuple) -> tuple[Any, tu
                 f"{name}: take {name} as a constant (jax.lax.stop_gradient), or use the "
                 "keras.ops reference (costxent._portable) for that derivative"
             )
-    unwrap = lambda tree: jax.tree_util.tree_map(lambda p: p.value, tree, is_leaf=wrapped)  # noqa: E731
     return unwrap(logits), tuple(unwrap(c) for c in constants)
 
 

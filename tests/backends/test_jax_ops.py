@@ -82,7 +82,8 @@ def test_reduced_call_scales_its_gradient(reduction: str) -> None:
     divisor = {"sum": 1.0, "sum_over_batch_size": keep.sum(), "mean_with_sample_weight": s.sum()}
     np.testing.assert_allclose(float(value), 3.0 * np.sum(s * per) / divisor[reduction],
                                rtol=2e-6)
-    np.testing.assert_allclose(np.asarray(grad), 3.0 * (s / divisor[reduction])[:, None] * want_grad,
+    np.testing.assert_allclose(np.asarray(grad),
+                               3.0 * (s / divisor[reduction])[:, None] * want_grad,
                                rtol=1e-5, atol=1e-7)
 
 
