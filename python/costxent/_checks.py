@@ -178,13 +178,18 @@ def label_layout(labels_shape: tuple, logits_shape: tuple, c: int) -> str:
     return layout
 
 
-def fused_sample_weight(weight_shape: tuple, lead: tuple) -> Optional[bool]:
-    """Whether a ``sample_weight`` of ``weight_shape`` is one weight per row of logits whose
-    leading shape is ``lead``, as a fused reduction takes it: True for ``lead + (1,)`` (to be
-    squeezed), False for ``lead``, None for any other shape (Keras' reduction broadcasts
-    it)."""
-    weight_shape, lead = tuple(weight_shape), tuple(lead)
+def fused_reduction(lead: tuple, weight_shape: Optional[tuple]) -> Optional[bool]:
+    """Whether a Keras reduction folds into a fused pass over logits of leading shape
+    ``lead`` with a ``sample_weight`` of ``weight_shape`` (None: no weights). None where
+    Keras' own reduction must run (a scalar or empty batch, or weights that are not one per
+    row, which Keras broadcasts); otherwise whether the weights must be squeezed (True for
+    ``lead + (1,)``, False for ``lead`` or no weights)."""
+    lead = tuple(lead)
+    if len(lead) == 0 or math.prod(lead) == 0:
+        return None
+    if weight_shape is None:
+        return False
+    weight_shape = tuple(weight_shape)
     if len(weight_shape) == len(lead) + 1 and weight_shape[-1] == 1:
-        weight_shape = weight_shape[:-1]
-        return True if weight_shape == lead else None
+        return True if weight_shape[:-1] == lead else None
     return False if weight_shape == lead else None

@@ -350,15 +350,12 @@ def reduced_params_loss(
     gives 0. The sigmoid ``loss_i`` is the mean over the last axis.
     """
     logits = jnp.asarray(logits)
-    lead = tuple(logits.shape[:-1])
-    if len(lead) == 0 or int(np.prod(lead)) == 0:
+    weight = None if sample_weight is None else jnp.asarray(sample_weight)
+    squeeze = _checks.fused_reduction(
+        tuple(logits.shape[:-1]), None if weight is None else tuple(weight.shape))
+    if squeeze is None:
         return None
-    weight = None
-    if sample_weight is not None:
-        weight = jnp.asarray(sample_weight)
-        squeeze = _checks.fused_sample_weight(tuple(weight.shape), lead)
-        if squeeze is None:
-            return None
+    if weight is not None:
         weight = (weight.squeeze(-1) if squeeze else weight).astype(_acc(logits.dtype))
     if isinstance(params, SoftmaxParams):
         logits, labels, weights, options = _softmax_args(labels, logits, params)

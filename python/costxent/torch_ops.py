@@ -379,15 +379,12 @@ def reduced_params_loss(
     """
     if not (_fused_here(logits) and torch.is_grad_enabled() and logits.requires_grad):
         return None
-    lead = tuple(logits.shape[:-1])
-    if len(lead) == 0 or int(np.prod(lead)) == 0:
+    weight = None if sample_weight is None else torch.as_tensor(sample_weight, device=logits.device)
+    squeeze = _checks.fused_reduction(
+        tuple(logits.shape[:-1]), None if weight is None else tuple(weight.shape))
+    if squeeze is None:
         return None
-    weight = None
-    if sample_weight is not None:
-        weight = torch.as_tensor(sample_weight, device=logits.device)
-        squeeze = _checks.fused_sample_weight(tuple(weight.shape), lead)
-        if squeeze is None:
-            return None
+    if weight is not None:
         weight = (weight.squeeze(-1) if squeeze else weight).to(_acc(logits.dtype))
     if isinstance(params, SoftmaxParams):
         logits, labels, weights, options = _softmax_args(labels, logits, params)
