@@ -88,8 +88,28 @@ struct RowChunk {
   int64_t j0;
 };
 
+// One cache line at p into L1, for reading or with intent to write.
+CX_INLINE void prefetch_line(const void* p, bool write) {
+  if (write) {
+    __builtin_prefetch(p, 1, 3);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+  }
+}
+
+// Lines [data, data + count). A tile transposed by blocks reads and writes each of its rows
+// in pieces, 16 short streams the hardware prefetchers do not follow: the next tile is
+// requested while this one is computed.
+template <typename U>
+CX_INLINE void prefetch(const U* data, int64_t count, bool write) {
+  const char* from = reinterpret_cast<const char*>(data);
+  const int64_t bytes = count * static_cast<int64_t>(sizeof(U));
+  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(from + at, write);
+}
+
 // One row of C classes, in chunks of kLanes. keep() rows are scratch of C rounded up to
-// whole chunks.
+// whole chunks. A row starts a new stream the hardware prefetchers pick up late (each 4 KiB
+// page restarts them): with fetch_next set, summing a row requests the next row's lines.
 template <typename T, typename A>
 struct RowWalk {
   using P = Packs<A>;
@@ -103,6 +123,7 @@ struct RowWalk {
   const T* t;
   T* out;
   A* keep_rows[2];
+  bool fetch_next;
 
   template <typename Fn>
   CX_INLINE void each(Fn&& fn) const {
@@ -129,7 +150,10 @@ struct RowWalk {
   }
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
-    auto chunk = [&](const auto& ch) { fn(ch, s); };
+    auto chunk = [&](const auto& ch) {
+      if (fetch_next) ahead(ch.j0);
+      fn(ch, s);
+    };
     if (!long_row()) {
       each_slot(chunk);
       return;
@@ -146,6 +170,12 @@ struct RowWalk {
     }
   }
   CX_INLINE bool long_row() const { return c > kSumBlock * W; }
+  // The next row's lines at chunk j0's offset: logits, dense targets, gradient.
+  CX_INLINE void ahead(int64_t j0) const {
+    prefetch_line(z + c + j0, false);
+    if (t != nullptr) prefetch_line(t + c + j0, false);
+    if (out != nullptr) prefetch_line(out + c + j0, true);
+  }
   template <int N, unsigned>
   CX_INLINE RowSums<P, N> sums() const {
     return {};
@@ -574,7 +604,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
   const int64_t c = p.c;
   const RowOptions<A> o = row_options(p);
   const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
-  RowWalk<T, A> walk{c, nullptr, nullptr, nullptr, {scratch, scratch + stride}};
+  RowWalk<T, A> walk{c, nullptr, nullptr, nullptr, {scratch, scratch + stride}, false};
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const bool backprop = p.backprop != nullptr;
   for (int64_t row = begin; row < end; ++row) {
@@ -596,6 +626,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
     walk.z = p.logits + row * c;
     walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
     walk.out = backprop ? p.backprop + row * c : nullptr;
+    walk.fetch_next = row + 1 < end;
     const A rs = p.row_scale != nullptr ? p.row_scale[row] : A(1);
     const A loss = P::lane0(softmax_row<Mode>(walk, o, F(rs * p.scale),
                                               I(static_cast<int32_t>(y)), backprop));
@@ -639,22 +670,6 @@ CX_INLINE int64_t tile_labels(const SoftmaxProblem<T, A>& p, int64_t row0, int64
   *y = Int(skip ? vi{} : v);
   *ignored = mask_of(skip);
   return -1;
-}
-
-// A tile transposed by blocks reads and writes each of its rows in pieces, 16 short streams
-// the hardware prefetchers do not follow: the next tile is requested while this one is
-// computed.
-template <typename U>
-CX_INLINE void prefetch(const U* data, int64_t count, bool write) {
-  const char* from = reinterpret_cast<const char*>(data);
-  const int64_t bytes = count * static_cast<int64_t>(sizeof(U));
-  for (int64_t at = 0; at < bytes; at += 64) {
-    if (write) {
-      __builtin_prefetch(from + at, 1, 3);
-    } else {
-      __builtin_prefetch(from + at, 0, 3);
-    }
-  }
 }
 
 template <typename Mode, int kC, typename T, typename A>
@@ -739,6 +754,10 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
 // per-class values and each position's row come from the period arrays at first_class. The
 // options are template parameters so the loop has no branch left. wide gets the stretch's
 // sum of row_scale * loss.
+// How far ahead of a stretch's element the sigmoid loop requests lines: one page, since
+// each 4 KiB page restarts the hardware prefetchers.
+constexpr int64_t kSigmoidLeadBytes = 4096;
+
 template <bool kBackprop, bool kFocal, typename T, typename A>
 CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
                                const A* pos, const A* neg, const A* row_of,
@@ -767,6 +786,11 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
         P::store_first(ptr + i, v, count - i);
       }
     };
+    if constexpr (kFull) {
+      constexpr int64_t kLead = kSigmoidLeadBytes / static_cast<int64_t>(sizeof(T));
+      prefetch_line(p.logits + k + i + kLead, false);
+      if constexpr (kBackprop) prefetch_line(p.backprop + k + i + kLead, true);
+    }
     const F z = load(p.logits + k, T{});
     const F y = smooth_binary_label(load(p.labels + k, T{}), eps);
     const SigmoidTerms<F> s = sigmoid_terms_with<kFocal, typename P::Math>(
