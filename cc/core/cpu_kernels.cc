@@ -788,8 +788,8 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
         P::store_first(ptr + i, v, count - i);
       }
     };
-    if constexpr (kFull) {
-      constexpr int64_t kLead = kSigmoidLeadBytes / static_cast<int64_t>(sizeof(T));
+    constexpr int64_t kLead = kSigmoidLeadBytes / static_cast<int64_t>(sizeof(T));
+    if (kFull && k + i + kLead < p.n * p.c) {
       prefetch_line(p.logits + k + i + kLead, false);
       if constexpr (kBackprop) prefetch_line(p.backprop + k + i + kLead, true);
     }
