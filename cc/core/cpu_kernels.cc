@@ -88,6 +88,14 @@ struct RowChunk {
   int64_t j0;
 };
 
+// Whether `at` elements of T into a stream is a multiple of 64 bytes: a loop that steps by
+// vectors requests one line per 64 bytes it moves on (every vector of 16 floats, every
+// other one of 16 bfloat16s, every eighth double).
+template <typename T>
+CX_INLINE bool line_step(int64_t at) {
+  return at * static_cast<int64_t>(sizeof(T)) % 64 == 0;
+}
+
 // One cache line at p into L1, for reading or with intent to write.
 CX_INLINE void prefetch_line(const void* p, bool write) {
   if (write) {
@@ -151,7 +159,7 @@ struct RowWalk {
   template <typename S, typename Fn>
   CX_INLINE void each_sum(S& s, Fn&& fn) const {
     auto chunk = [&](const auto& ch) {
-      if (fetch_next) ahead(ch.j0);
+      if (fetch_next && line_step<T>(ch.j0)) ahead(ch.j0);
       fn(ch, s);
     };
     if (!long_row()) {
@@ -752,14 +760,14 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
   return rows_by_row<Mode>(p, begin, end, scratch);
 }
 
-// Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
-// per-class values and each position's row come from the period arrays at first_class. The
-// options are template parameters so the loop has no branch left. wide gets the stretch's
-// sum of row_scale * loss.
 // How far ahead of a stretch's element the sigmoid loop requests lines: one page, since
 // each 4 KiB page restarts the hardware prefetchers.
 constexpr int64_t kSigmoidLeadBytes = 4096;
 
+// Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
+// per-class values and each position's row come from the period arrays at first_class. The
+// options are template parameters so the loop has no branch left. wide gets the stretch's
+// sum of row_scale * loss.
 template <bool kBackprop, bool kFocal, typename T, typename A>
 CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
                                const A* pos, const A* neg, const A* row_of,
@@ -789,7 +797,7 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
       }
     };
     constexpr int64_t kLead = kSigmoidLeadBytes / static_cast<int64_t>(sizeof(T));
-    if (kFull && k + i + kLead < p.n * p.c) {
+    if (kFull && line_step<T>(i) && k + i + kLead < p.n * p.c) {
       prefetch_line(p.logits + k + i + kLead, false);
       if constexpr (kBackprop) prefetch_line(p.backprop + k + i + kLead, true);
     }
