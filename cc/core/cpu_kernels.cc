@@ -766,8 +766,8 @@ constexpr int64_t kSigmoidLeadBytes = 4096;
 
 // Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
 // per-class values and each position's row come from the period arrays at first_class. The
-// options are template parameters so the loop has no branch left. wide gets the stretch's
-// sum of row_scale * loss.
+// options are template parameters, so the loop's one branch is the prefetch's. wide gets
+// the stretch's sum of row_scale * loss.
 template <bool kBackprop, bool kFocal, typename T, typename A>
 CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
                                const A* pos, const A* neg, const A* row_of,
