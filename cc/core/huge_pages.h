@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cc/core/problem.h"
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -30,10 +32,11 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 // The outputs a host kernel call is about to write for the first time: the per-element loss
 // and a backprop that is not written over the logits.
 template <typename Problem>
-void advise_output_pages(const Problem& p, size_t loss_elements) {
+void advise_output_pages(const Problem& p) {
   using T = std::remove_const_t<std::remove_pointer_t<decltype(p.logits)>>;
   using A = std::remove_pointer_t<decltype(p.loss)>;
-  if (p.loss != nullptr && loss_elements > 0) advise_huge_pages(p.loss, sizeof(A) * loss_elements);
+  if (p.loss != nullptr)
+    advise_huge_pages(p.loss, sizeof(A) * static_cast<size_t>(loss_elements(p)));
   if (p.backprop != nullptr && static_cast<const void*>(p.backprop) != p.logits)
     advise_huge_pages(p.backprop, sizeof(T) * static_cast<size_t>(p.n * p.c));
 }

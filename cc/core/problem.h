@@ -83,6 +83,17 @@ struct SigmoidProblem {
   double* block_sums = nullptr;
 };
 
+// Elements of a problem's per-element loss output: one per row of a softmax, one per logit
+// of a sigmoid.
+template <typename T, typename A>
+COSTXENT_HD int64_t loss_elements(const SoftmaxProblem<T, A>& p) {
+  return p.n;
+}
+template <typename T, typename A>
+COSTXENT_HD int64_t loss_elements(const SigmoidProblem<T, A>& p) {
+  return p.n * p.c;
+}
+
 template <typename T, typename A>
 COSTXENT_HD int64_t label_at(const SoftmaxProblem<T, A>& p, int64_t row) {
   return p.labels32 != nullptr ? static_cast<int64_t>(p.labels32[row]) : p.labels64[row];

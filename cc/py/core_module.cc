@@ -619,7 +619,7 @@ int64_t run_loss(const Array& logits, const char* what, const Problem& p, int64_
     run_cuda(logits, what, p, stream);
     return -1;
   }
-  advise_output_pages(p, static_cast<size_t>(total));  // a fresh torch / NumPy output
+  advise_output_pages(p);  // a fresh torch / NumPy output
   py::gil_scoped_release release;
   return run_cpu(total, cycles_per_unit, grain, cpu_fn);
 }

@@ -59,7 +59,7 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
-    advise_output_pages(p, static_cast<size_t>(p.n));
+    advise_output_pages(p);
     const double cycles = cpu::softmax_row_cycles(
         p.c, p.dense != nullptr,
         p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);
@@ -70,7 +70,7 @@ struct Launch<CPUDevice> {
 
   template <typename T, typename A>
   static int64_t sigmoid(OpKernelContext* ctx, const SigmoidProblem<T, A>& p) {
-    advise_output_pages(p, static_cast<size_t>(p.n * p.c));
+    advise_output_pages(p);
     const double cycles = cpu::sigmoid_element_cycles(p.focal_gamma != A(0));
     if (p.block_sums != nullptr) {
       return shard_blocks(ctx, p.n, cycles * static_cast<double>(p.c),

@@ -81,7 +81,7 @@ class HostDevice {
 
   template <typename T, typename A>
   ffi::Error softmax(const SoftmaxProblem<T, A>& p, int64_t* bad) {
-    advise_output_pages(p, static_cast<size_t>(p.n));  // XLA's fresh result buffers
+    advise_output_pages(p);  // XLA's fresh result buffers
     const double cycles = cpu::softmax_row_cycles(
         p.c, p.dense != nullptr,
         p.focal_gamma != A(0) || p.loss_kind == SoftmaxLoss::kExpectedCost);
@@ -93,7 +93,7 @@ class HostDevice {
 
   template <typename T, typename A>
   ffi::Error sigmoid(const SigmoidProblem<T, A>& p, int64_t* bad) {
-    advise_output_pages(p, static_cast<size_t>(p.n * p.c));
+    advise_output_pages(p);
     const double cycles = cpu::sigmoid_element_cycles(p.focal_gamma != A(0));
     if (p.block_sums != nullptr) {
       *bad = blocks(p.n, cycles * static_cast<double>(p.c), [&](int64_t begin, int64_t end) {
