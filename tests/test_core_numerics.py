@@ -52,6 +52,32 @@ def test_every_kernel_path_matches_the_oracle(c: int, mode: str, kind: str) -> N
     case.check(loss, grad)
 
 
+# Float32 gradients of at least 16 MiB with rows of at least 2 KiB are written with streaming
+# stores over each row's whole cache lines, the lines shared between rows with ordinary ones:
+# C = 1037 starts rows at every offset in a line, and an output one element past a line
+# boundary shifts them all.
+STREAMED_N, STREAMED_C = 4100, 1037
+STREAMED_CASES = (
+    [(mode, kind, 1) for mode, kind in core_cases.MODE_KINDS if kind in ("int32", "onehot")]
+    + [("plain", "int32", 0), ("plain", "soft", 1), ("cost", "soft", 1)]
+)
+
+
+@pytest.mark.parametrize("mode, kind, offset", STREAMED_CASES)
+def test_streamed_gradients_match_the_oracle(mode: str, kind: str, offset: int) -> None:
+    n, c = STREAMED_N, STREAMED_C
+    assert n * c * 4 >= 16 << 20 and c * 4 >= 2048
+    case = core_cases.softmax_case(mode, kind, "float32", n, c, rng_for("streamed", mode, kind))
+    labels = case.labels if case.sparse else case.labels.astype(np.float32)
+    weights = None if case.weights is None else case.weights.astype(np.float32)
+    out = np.full(n * c + offset, np.nan, np.float32)[offset:].reshape(n, c)
+    loss, grad = _core.softmax_loss(
+        case.logits.astype(np.float32), labels, weights, backprop=out, **case.kwargs
+    )
+    assert np.shares_memory(grad, out)
+    case.check(loss, grad)
+
+
 # ---------------------------------------------------------------------------------------
 # Sigmoid: -log s = softplus(-z) computed directly, relatively accurate everywhere.
 

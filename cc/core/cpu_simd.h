@@ -255,6 +255,32 @@ CX_INLINE void store_first(T* p, Float x, int64_t count) {
 }
 #endif
 
+// A streaming (non-temporal) store of a whole vector of floats to an address aligned to its
+// size: the line goes to memory without being read first. An ordinary store fetches each
+// line of a large output for ownership, a third of the traffic of a read-once, write-once
+// pass. Builds without them (baseline) store normally.
+#if defined(__AVX512F__) || defined(__AVX2__)
+constexpr bool kStreams = true;
+#else
+constexpr bool kStreams = false;
+#endif
+
+CX_INLINE void store_stream(float* p, Float x) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, x.v);
+#elif defined(__AVX2__)
+  _mm256_stream_ps(p, x.v);
+#else
+  store(p, x);
+#endif
+}
+// Orders this thread's streaming stores before its later stores (the thread pool's handoff).
+CX_INLINE void stream_fence() {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
 CX_INLINE Int load_int(const int32_t* p) {
   vi v;
   memcpy(&v, p, sizeof v);
@@ -559,6 +585,10 @@ struct Packs<float> {
   static CX_INLINE void store_first(T* p, F x, int64_t count) {
     ::costxent::cpu::COSTXENT_CPU_ISA::store_first(p, x, count);
   }
+  static constexpr bool kStreams = ::costxent::cpu::COSTXENT_CPU_ISA::kStreams;
+  static CX_INLINE void store_stream(float* p, F x) {
+    ::costxent::cpu::COSTXENT_CPU_ISA::store_stream(p, x);
+  }
   static CX_INLINE I iota() { return ::costxent::cpu::COSTXENT_CPU_ISA::iota(); }
   static CX_INLINE M first_lanes(int64_t n) {
     return ::costxent::cpu::COSTXENT_CPU_ISA::first_lanes(n);
@@ -593,6 +623,7 @@ struct Packs<double> {
   static CX_INLINE F load_first(const double* p, int64_t, double) { return *p; }
   static CX_INLINE void store(double* p, F x) { *p = x.v; }
   static CX_INLINE void store_first(double* p, F x, int64_t) { *p = x.v; }
+  static constexpr bool kStreams = false;
   static CX_INLINE I iota() { return 0; }
   static CX_INLINE M first_lanes(int64_t n) { return n > 0; }
   static CX_INLINE F gather(const double* base, I index) { return base[index.v]; }
