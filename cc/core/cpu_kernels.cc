@@ -317,10 +317,17 @@ struct RowWalk {
       P::store_first(out + ch.j0, v, ch.count);
     }
   }
-  // `on` at class y, `off` elsewhere, in one store (a streamed line is not written twice).
+  // `on` at class y, `off` elsewhere: a streamed chunk in one store (its line is written
+  // once), others as off with y's element patched (no per-chunk compare).
   template <typename C>
   CX_INLINE void write_onehot(const C& ch, I y, F off, F on) const {
-    write(ch, select(cls(ch) == y, on, off));
+    if (ch.streamed) {
+      write(ch, select(cls(ch) == y, on, off));
+      return;
+    }
+    write(ch, off);
+    const int64_t at = P::lane0(y) - ch.j0;
+    if (at >= 0 && at < (C::kFull ? W : ch.count)) out[ch.j0 + at] = from_acc<T>(P::lane(on, at));
   }
   // table[j] and table[row * c + j] for the chunk's classes j.
   template <typename C>
