@@ -126,7 +126,7 @@ CX_INLINE int64_t to_line_boundary(const T* p) {
 // other one of 16 bfloat16s, every eighth double).
 template <typename T>
 CX_INLINE bool line_step(int64_t at) {
-  return at * static_cast<int64_t>(sizeof(T)) % 64 == 0;
+  return at * static_cast<int64_t>(sizeof(T)) % kLineBytes == 0;
 }
 
 // One cache line at p into L1, for reading or with intent to write.
@@ -145,7 +145,7 @@ template <typename U>
 CX_INLINE void prefetch(const U* data, int64_t count, bool write) {
   const char* from = reinterpret_cast<const char*>(data);
   const int64_t bytes = count * static_cast<int64_t>(sizeof(U));
-  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(from + at, write);
+  for (int64_t at = 0; at < bytes; at += kLineBytes) prefetch_line(from + at, write);
 }
 
 // One row of C classes, in chunks of kLanes. keep() rows are scratch of C rounded up to
@@ -179,7 +179,8 @@ struct RowWalk {
     }
     constexpr int64_t kLine = kLineBytes / static_cast<int64_t>(sizeof(T));
     static_assert(kLine % W == 0, "a line is whole chunks");
-    const int64_t head = to_line_boundary(out) < c ? to_line_boundary(out) : c;
+    const int64_t to_line = to_line_boundary(out);
+    const int64_t head = to_line < c ? to_line : c;
     const int64_t lines_end = head + (c - head) / kLine * kLine;
     span(0, head, false, fn);
     span(head, lines_end, true, fn);
