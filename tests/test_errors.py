@@ -272,6 +272,26 @@ def test_fused_cpu_sigmoid_label_outside_unit_interval_names_element() -> None:
         cx.ops.sigmoid_cross_entropy(SIGMOID_BAD, Z, pos_weight=2.0)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+@pytest.mark.parametrize("first", [(0, 0), (8, 29), (1234, 17), (4999, 29)])
+def test_fused_cpu_sigmoid_names_first_invalid_label_of_a_large_batch(
+    dtype: tf.DType, first: tuple[int, int]
+) -> None:
+    # Many rows: the check runs inside the element loop, stretch by stretch and shard by
+    # shard, over whole vectors and a stretch's partial tail alike.
+    rng = np.random.default_rng(7)
+    labels = (rng.uniform(size=(5000, 30)) < 0.1).astype(np.float32)
+    labels[first] = 1.5
+    flat = labels.reshape(-1)
+    later = np.ravel_multi_index(first, labels.shape) + 41  # a second one, later in the batch
+    if later < flat.size:
+        flat[later] = -1.0
+    logits = tf.cast(rng.normal(size=(5000, 30)), dtype)
+    message = rf"labels\[{first[0]}, {first[1]}\] = 1.5 is outside \[0, 1\]"
+    with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        cx.ops.sigmoid_cross_entropy(tf.cast(labels, dtype), logits, pos_weight=2.0)
+
+
 def test_reference_sigmoid_label_outside_unit_interval_is_nan_for_that_element() -> None:
     loss = cx.reference.sigmoid_cross_entropy(SIGMOID_BAD, Z, pos_weight=2.0).numpy()
     bad = (SIGMOID_BAD < 0) | (SIGMOID_BAD > 1)

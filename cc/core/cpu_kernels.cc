@@ -835,9 +835,10 @@ constexpr int64_t kSigmoidLeadBytes = 4096;
 // Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
 // per-class values and each position's row come from the period arrays at first_class. The
 // options are template parameters, so the loop's one branch is the prefetch's. wide gets
-// the stretch's sum of row_scale * loss.
+// the stretch's sum of row_scale * loss. Returns whether a label lies outside [0, 1]: the
+// check rides on the loop's own label loads (a pass of its own waited on every label line).
 template <bool kBackprop, bool kFocal, typename T, typename A>
-CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
+CX_INLINE bool sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t count,
                                const A* pos, const A* neg, const A* row_of,
                                typename Packs<A>::W& wide) {
   using P = Packs<A>;
@@ -848,6 +849,7 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
   const F scale = p.scale;
   const A* row_scale = p.row_scale != nullptr ? p.row_scale + k / p.c : nullptr;
   F sum_lanes = 0;
+  auto bad = !(F(0) == F(0));
   auto body = [&](int64_t i, auto whole) {
     constexpr bool kFull = decltype(whole)::kFull;
     auto load = [&](const auto* ptr, auto pad) -> F {
@@ -867,10 +869,13 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
     constexpr int64_t kLead = kSigmoidLeadBytes / static_cast<int64_t>(sizeof(T));
     if (kFull && line_step<T>(i) && k + i + kLead < p.n * p.c) {
       prefetch_line(p.logits + k + i + kLead, false);
+      prefetch_line(p.labels + k + i + kLead, false);
       if constexpr (kBackprop) prefetch_line(p.backprop + k + i + kLead, true);
     }
     const F z = load(p.logits + k, T{});
-    const F y = smooth_binary_label(load(p.labels + k, T{}), eps);
+    const F label = load(p.labels + k, T{});
+    bad = bad | (label < F(0)) | (label > F(1));
+    const F y = smooth_binary_label(label, eps);
     const SigmoidTerms<F> s = sigmoid_terms_with<kFocal, typename P::Math>(
         z, y, load(pos, A(0)), load(neg, A(0)), gamma);
     if (p.loss != nullptr) store(p.loss + k, s.loss);
@@ -900,21 +905,15 @@ CX_INLINE void sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
     body(i, Whole<false>{});
     wide = wide + P::widen(sum_lanes);
   }
+  return any(bad);
 }
 
-// The first element of [k, k + count) whose label is outside [0, 1], or -1.
+// The first element of [k, k + count) whose label is outside [0, 1] (one exists).
 template <typename T>
-int64_t first_invalid_label(const T* labels, int64_t k, int64_t count) {
-  int bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (int64_t i = 0; i < count; ++i) {
-    const auto y = to_acc(labels[k + i]);
-    bad |= static_cast<int>(y < 0) | static_cast<int>(y > 1);
-  }
-  if (bad == 0) return -1;
-  for (int64_t i = 0;; ++i) {
-    const auto y = to_acc(labels[k + i]);
-    if (y < 0 || y > 1) return k + i;
+int64_t first_invalid_label(const T* labels, int64_t k) {
+  for (int64_t i = k;; ++i) {
+    const auto y = to_acc(labels[i]);
+    if (y < 0 || y > 1) return i;
   }
 }
 
@@ -926,18 +925,17 @@ int64_t sigmoid_range(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end,
   const int64_t block_elements = kReduceBlockRows * p.c;
   for (int64_t k = begin; k < end;) {
     // Stretches start at any class and end at a row boundary, a block boundary or at end, so
-    // the weights' index is the loop's counter. Their labels are checked first (then read
-    // again from cache).
+    // the weights' index is the loop's counter. A stretch holding an invalid label is
+    // computed anyway (the call fails, its outputs are not used) and its first one reported.
     const int64_t first_class = k % p.c;
     const int64_t block_end = (k / block_elements + 1) * block_elements;
     int64_t count = period - first_class;
     if (end - k < count) count = end - k;
     if (block_end - k < count) count = block_end - k;
-    const int64_t bad = first_invalid_label(p.labels, k, count);
-    if (bad >= 0) return bad;
     typename P::W wide = 0;
-    sigmoid_stretch<kBackprop, kFocal>(p, k, count, pos + first_class, neg + first_class,
-                                       row_of + first_class, wide);
+    if (sigmoid_stretch<kBackprop, kFocal>(p, k, count, pos + first_class, neg + first_class,
+                                           row_of + first_class, wide))
+      return first_invalid_label(p.labels, k);
     sums.add(k / p.c, P::sum_wide(wide));
     k += count;
   }
