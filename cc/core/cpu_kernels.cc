@@ -907,7 +907,7 @@ CX_INLINE bool sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
   return any(bad);
 }
 
-// The first element of [k, k + count) whose label is outside [0, 1] (one exists).
+// The first label at or after k outside [0, 1]; the caller's stretch from k holds one.
 template <typename T>
 int64_t first_invalid_label(const T* labels, int64_t k) {
   for (int64_t i = k;; ++i) {
