@@ -17,7 +17,8 @@ template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end);
 
 // Elements [begin, end) of a sigmoid problem (flat index over [n, c]). Returns -1, or the
-// first element whose label is outside [0, 1]; elements after it are not done.
+// first element whose label is outside [0, 1]; elements after it may have been written
+// (the call has failed: its outputs are not used).
 template <typename T, typename A>
 int64_t sigmoid_elements(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end);
 

@@ -831,6 +831,13 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
 // each 4 KiB page restarts the hardware prefetchers.
 constexpr int64_t kSigmoidLeadBytes = 4096;
 
+// Whether a sigmoid label lies outside [0, 1] (a NaN does not: it gives a NaN loss), for a
+// label or a pack of them.
+template <typename V>
+CX_INLINE auto outside_unit_interval(V label) {
+  return (label < V(0)) | (label > V(1));
+}
+
 // Sigmoid elements [k, k + count) of rows whose first element is class first_class: the
 // per-class values and each position's row come from the period arrays at first_class. The
 // options are template parameters, so the loop's one branch is the prefetch's. wide gets
@@ -848,7 +855,7 @@ CX_INLINE bool sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
   const F scale = p.scale;
   const A* row_scale = p.row_scale != nullptr ? p.row_scale + k / p.c : nullptr;
   F sum_lanes = 0;
-  auto bad = !(F(0) == F(0));
+  auto bad = P::first_lanes(0);
   auto body = [&](int64_t i, auto whole) {
     constexpr bool kFull = decltype(whole)::kFull;
     auto load = [&](const auto* ptr, auto pad) -> F {
@@ -873,7 +880,7 @@ CX_INLINE bool sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
     }
     const F z = load(p.logits + k, T{});
     const F label = load(p.labels + k, T{});
-    bad = bad | (label < F(0)) | (label > F(1));
+    bad = bad | outside_unit_interval(label);
     const F y = smooth_binary_label(label, eps);
     const SigmoidTerms<F> s = sigmoid_terms_with<kFocal, typename P::Math>(
         z, y, load(pos, A(0)), load(neg, A(0)), gamma);
@@ -911,8 +918,7 @@ CX_INLINE bool sigmoid_stretch(const SigmoidProblem<T, A>& p, int64_t k, int64_t
 template <typename T>
 int64_t first_invalid_label(const T* labels, int64_t k) {
   for (int64_t i = k;; ++i) {
-    const auto y = to_acc(labels[i]);
-    if (y < 0 || y > 1) return i;
+    if (outside_unit_interval(to_acc(labels[i]))) return i;
   }
 }
 
