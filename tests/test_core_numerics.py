@@ -52,6 +52,32 @@ def test_every_kernel_path_matches_the_oracle(c: int, mode: str, kind: str) -> N
     case.check(loss, grad)
 
 
+# Rows of 65 to 256 classes walk in pairs, two rows' chains interleaved. A row's result is the
+# same bits whether it is paired with the row before, the row after, or walked alone (an odd
+# last row, a row beside an ignored or non-finite one).
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("c", [65, 100, 256])
+@pytest.mark.parametrize("mode, kind", core_cases.MODE_KINDS)
+def test_paired_rows_match_rows_walked_alone_bitwise(
+    c: int, mode: str, kind: str, dtype: str
+) -> None:
+    n = 9
+    case = core_cases.softmax_case(mode, kind, dtype, n, c, rng_for("pairs", mode, kind, c, dtype))
+    args = dict(case.kwargs)
+    logits = case.logits.astype(dtype)
+    labels = case.labels if case.sparse else case.labels.astype(dtype)
+    weights = None if case.weights is None else case.weights.astype(np.float32)
+    loss, grad = _core.softmax_loss(logits, labels, weights, **args)
+    case.check(loss, grad)
+    for i in range(n):
+        alone = _core.softmax_loss(logits[i : i + 1], labels[i : i + 1], weights, **args)
+        np.testing.assert_array_equal(alone[0], loss[i : i + 1], err_msg=f"loss of row {i}")
+        np.testing.assert_array_equal(alone[1], grad[i : i + 1], err_msg=f"gradient of row {i}")
+    shifted = _core.softmax_loss(logits[1:], labels[1:], weights, **args)
+    np.testing.assert_array_equal(shifted[0], loss[1:])
+    np.testing.assert_array_equal(shifted[1], grad[1:])
+
+
 # Float32 gradients of at least 16 MiB with rows of at least 2 KiB are written with streaming
 # stores over each row's whole cache lines, the lines shared between rows with ordinary ones:
 # C = 1037 starts rows at every offset in a line, and an output one element past a line
@@ -245,7 +271,7 @@ def test_large_logits_are_finite_and_correct(c: int, dtype: str, big: float) -> 
         assert np.abs(grad.astype(np.float64) - want_grad).max() < 2e-3
 
 
-@pytest.mark.parametrize("c", [3, 10, 64, 300])
+@pytest.mark.parametrize("c", [3, 10, 64, 100, 300])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("dense", [False, True])
 def test_non_finite_logits_give_nan_rows_only(c: int, bad: float, dense: bool) -> None:

@@ -64,9 +64,9 @@ Isa isa() {
 #define COSTXENT_DISPATCH(FN, ...) baseline::FN<T, A>(__VA_ARGS__)
 #endif
 
-// `count` scratch values per thread: two rows of C rounded up to whole vectors (exp(z - max),
-// and focal terms or expected costs) for softmax; the repeated per-class pos / neg weights
-// and rows of positions for sigmoid.
+// `count` scratch values per thread: for softmax, four rows of C rounded up to whole vectors
+// (exp(z - max), and focal terms or expected costs, of two rows walked together); for
+// sigmoid, the repeated per-class pos / neg weights and rows of positions.
 template <typename A>
 A* scratch(int64_t count) {
   thread_local std::vector<A> values;
@@ -80,7 +80,7 @@ constexpr int64_t kMaxLanes = 16;
 template <typename T, typename A>
 int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   if (begin >= end) return -1;
-  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch<A>(2 * (p.c + kMaxLanes)));
+  return COSTXENT_DISPATCH(softmax_rows, p, begin, end, scratch<A>(4 * (p.c + kMaxLanes)));
 }
 
 template <typename T, typename A>

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -641,6 +642,109 @@ struct Packs<double> {
   static CX_INLINE double lane0(F x) { return x.v; }
   static CX_INLINE double lane(F x, int64_t) { return x.v; }
   static CX_INLINE int32_t lane0(I x) { return x.v; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Two rows side by side: a value of each, every operation applied to both. A row of about
+// a hundred classes is one chain (max, exp sums, log) longer than the out-of-order window
+// overlaps with the next row's; walking rows in pairs runs two such chains at once.
+
+template <typename V>
+struct Two {
+  V r[2];
+  Two() = default;
+  CX_INLINE Two(V a, V b) : r{a, b} {}
+  template <typename S, typename = std::enable_if_t<std::is_arithmetic_v<S>>>
+  CX_INLINE Two(S s) : r{V(s), V(s)} {}  // NOLINT: broadcasts like a scalar
+
+  friend CX_INLINE Two operator+(Two a, Two b) { return {a.r[0] + b.r[0], a.r[1] + b.r[1]}; }
+  friend CX_INLINE Two operator-(Two a, Two b) { return {a.r[0] - b.r[0], a.r[1] - b.r[1]}; }
+  friend CX_INLINE Two operator*(Two a, Two b) { return {a.r[0] * b.r[0], a.r[1] * b.r[1]}; }
+  friend CX_INLINE Two operator/(Two a, Two b) { return {a.r[0] / b.r[0], a.r[1] / b.r[1]}; }
+  friend CX_INLINE Two operator-(Two a) { return {-a.r[0], -a.r[1]}; }
+  friend CX_INLINE Two& operator+=(Two& a, Two b) { return a = a + b; }
+  friend CX_INLINE Two operator&(Two a, Two b) { return {a.r[0] & b.r[0], a.r[1] & b.r[1]}; }
+  friend CX_INLINE Two operator|(Two a, Two b) { return {a.r[0] | b.r[0], a.r[1] | b.r[1]}; }
+  friend CX_INLINE Two operator!(Two a) { return {!a.r[0], !a.r[1]}; }
+#define CX_TWO_COMPARISON(OP)                                                     \
+  friend CX_INLINE auto operator OP(Two a, Two b) {                               \
+    return Two<decltype(a.r[0] OP b.r[0])>{a.r[0] OP b.r[0], a.r[1] OP b.r[1]}; \
+  }
+  CX_TWO_COMPARISON(>)
+  CX_TWO_COMPARISON(>=)
+  CX_TWO_COMPARISON(<)
+  CX_TWO_COMPARISON(==)
+#undef CX_TWO_COMPARISON
+};
+
+// Row r's value: x itself for one row.
+template <typename V>
+CX_INLINE V& part(V& x, int) {
+  return x;
+}
+template <typename V>
+CX_INLINE V& part(Two<V>& x, int r) {
+  return x.r[r];
+}
+template <typename V>
+CX_INLINE const V& part(const V& x, int) {
+  return x;
+}
+template <typename V>
+CX_INLINE const V& part(const Two<V>& x, int r) {
+  return x.r[r];
+}
+
+// row_math.h's rounded(): the product stays as rounded, in a register the compiler cannot
+// see into, so it is never fused into an FMA.
+CX_INLINE Float rounded(Float x) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__("" : "+v"(x.v));
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(x.v));
+#endif
+  return x;
+}
+template <typename V>
+CX_INLINE Two<V> rounded(Two<V> x) {
+  return {rounded(x.r[0]), rounded(x.r[1])};
+}
+
+// row_math.h's policy for two rows: Math on each.
+template <typename Math>
+struct TwoMath {
+#define CX_TWO_UNARY(NAME)                             \
+  template <typename V>                                \
+  static CX_INLINE Two<V> NAME(Two<V> x) {             \
+    return {Math::NAME(x.r[0]), Math::NAME(x.r[1])};   \
+  }
+#define CX_TWO_BINARY(NAME)                                        \
+  template <typename V>                                            \
+  static CX_INLINE Two<V> NAME(Two<V> a, Two<V> b) {               \
+    return {Math::NAME(a.r[0], b.r[0]), Math::NAME(a.r[1], b.r[1])}; \
+  }
+  CX_TWO_UNARY(exp)
+  CX_TWO_UNARY(log)
+  CX_TWO_UNARY(expm1)
+  CX_TWO_UNARY(reciprocal)
+  CX_TWO_BINARY(max)
+  CX_TWO_BINARY(min)
+#undef CX_TWO_UNARY
+#undef CX_TWO_BINARY
+  template <typename M, typename V>
+  static CX_INLINE Two<V> select(Two<M> c, Two<V> a, Two<V> b) {
+    return {Math::select(c.r[0], a.r[0], b.r[0]), Math::select(c.r[1], a.r[1], b.r[1])};
+  }
+};
+
+// The value, index and math types of kRows rows walked together (Packs<A> for one).
+template <typename A, int kRows>
+struct RowPacks : Packs<A> {};
+template <typename A>
+struct RowPacks<A, 2> {
+  using F = Two<typename Packs<A>::F>;
+  using I = Two<typename Packs<A>::I>;
+  using Math = TwoMath<typename Packs<A>::Math>;
 };
 
 }  // namespace COSTXENT_CPU_ISA

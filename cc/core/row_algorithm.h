@@ -1,7 +1,7 @@
 // The softmax row algorithm of DESIGN 2.1 / 2.2, written once for the CPU and CUDA kernels:
 // softmax_row() below, a template over a *walker* that owns a row's layout and its
 // reductions. The walkers:
-//   - cpu_kernels.cc RowWalk: one row in SIMD chunks of classes (C > 64);
+//   - cpu_kernels.cc RowWalk: one row, or two side by side, in SIMD chunks of classes (C > 64);
 //   - cpu_kernels.cc TileWalk: a tile of rows transposed, SIMD lanes = rows (C <= 64);
 //   - cuda_kernels.cu GroupWalk: a row held by a thread, a slice of a warp, a block or a
 //     cluster, each thread owning a few 16-byte vectors of it.
@@ -25,7 +25,7 @@
 //   cache     keep(slot, ch, v), kept(slot, ch, recompute): a value of pass 2 or 3 for the
 //             write pass; a walker without room for it returns recompute();
 //   output    write(ch, v), write_onehot(ch, y, off, on), abandon(max, min, backprop) (true:
-//             the row was written NaN, stop);
+//             stop; the row was written NaN, or rows walked together go back to the caller);
 //   tables    class_values(a, ch) = a_j, row_table(M, y, ch) = M[y, j],
 //             column(M, col, ch, t) = M[j, col] where t_j != 0, lookup(M, row, col),
 //             row_value(y) = z_y, prepare_dense_costs(M) and dense_cost(M, ch) = (M^T t)_j.

@@ -64,10 +64,19 @@ struct StdMath {
   }
 };
 
+// A product rounded before it meets another in a sum: left alone, the compiler fuses
+// whichever product of `a * b + c * d` it meets first into an FMA, so two inlined copies of a
+// formula (two rows walked together, a row alone) could round differently. The CPU's packs
+// overload it with a register barrier; elsewhere it is the value itself.
+template <typename A>
+COSTXENT_HD A rounded(A x) {
+  return x;
+}
+
 // Label smoothing: ts = (1 - eps) * t + eps / C.
 template <typename A>
 COSTXENT_HD A smooth_target(A t, A eps, A inv_c) {
-  return (A(1) - eps) * t + eps * inv_c;
+  return (A(1) - eps) * t + rounded(eps * inv_c);
 }
 
 // The smoothed target's sum_j ts_j and sum_j ts_j x_j from the unsmoothed target's sums:
@@ -80,7 +89,7 @@ COSTXENT_HD A smoothed_sum(A t_sum, A eps) {
 }
 template <typename A>
 COSTXENT_HD A smoothed_dot(A t_dot_x, A eps, A x_mean) {
-  return (A(1) - eps) * t_dot_x + eps * x_mean;
+  return (A(1) - eps) * t_dot_x + rounded(eps * x_mean);
 }
 
 // h = z / 2 - m / 2 given half_max = m / 2.
@@ -118,7 +127,7 @@ COSTXENT_HD LogSumExp<A> log_sum_exp_with(A rest, A count) {
 // (both terms >= 0: no cancellation).
 template <typename A>
 COSTXENT_HD A cross_entropy_half(A target_sum, A lse, A target_dot_half) {
-  return target_sum * lse - A(2) * target_dot_half;
+  return target_sum * lse - rounded(A(2) * target_dot_half);
 }
 
 // d/dz_j of a weighted cross-entropy row w (p_j S - ts_j) (DESIGN 2.1), as k e_j - w ts_j
@@ -164,14 +173,14 @@ COSTXENT_HD FocalTerms<A> focal_terms(A half_nll, A gamma) {
 //   w (ts_j g_j - p_j sum_k ts_k g_k); with gamma = 0 (g = -1) this is w (p_j S - ts_j).
 template <typename A>
 COSTXENT_HD A focal_grad(A w, A p, A ts, A g, A sum_ts_g) {
-  return w * (ts * g - p * sum_ts_g);
+  return w * (ts * g - rounded(p * sum_ts_g));
 }
 
 // d/dz_j of expected cost + lam * CE (DESIGN 2.2):
 //   p_j (c_j - E) + lam (p_j S - ts_j)
 template <typename A>
 COSTXENT_HD A expected_cost_grad(A p, A cost, A expected, A lam, A ts, A target_sum) {
-  return p * (cost - expected) + lam * (p * target_sum - ts);
+  return rounded(p * (cost - expected)) + lam * (p * target_sum - ts);
 }
 
 // Sigmoid cross-entropy of one element (DESIGN 2.3), with y already smoothed:
