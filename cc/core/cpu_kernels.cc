@@ -154,12 +154,12 @@ CX_INLINE void prefetch(const U* data, int64_t count, bool write) {
 // classes of each row: the row algorithm's values are P::F (a pack, or Two packs), per-row
 // values broadcast. keep() rows are scratch of C rounded up to whole chunks (`stride`). A
 // row starts a new stream the hardware prefetchers pick up late (each 4 KiB page restarts
-// them): with fetch_next set, summing requests the next rows' lines. With stream set (one
-// row only), each() (the write pass) streams the row's whole cache lines: its chunks start
-// at the row's first line boundary, and the lines it shares with the neighbouring rows are
-// written with ordinary stores (half-line streaming, tried with bfloat16 at C = 100, took
-// 2.5x the time of ordinary stores). Two rows abandon together when either is not finite
-// (`abandoned`): the caller walks them again one at a time.
+// them): with fetch_next set, summing requests the lines of the rows `lead` rows ahead.
+// With stream set (one row only), each() (the write pass) streams the row's whole cache
+// lines: its chunks start at the row's first line boundary, and the lines it shares with
+// the neighbouring rows are written with ordinary stores (half-line streaming, tried with
+// bfloat16 at C = 100, took 2.5x the time of ordinary stores). Two rows abandon together
+// when either is not finite (`abandoned`): the caller walks them again one at a time.
 template <typename T, typename A, int kRows = 1>
 struct RowWalk {
   using S = Packs<A>;  // one row's packs
@@ -178,6 +178,7 @@ struct RowWalk {
   bool fetch_next;
   bool stream;
   bool abandoned = false;
+  int64_t lead = kRows;  // rows ahead of this one that fetch_next requests
 
   // The F (or I) of fn(r), r = 0 .. kRows - 1.
   template <typename Fn>
@@ -253,10 +254,10 @@ struct RowWalk {
   }
   // Rows of more than kSumBlock chunks sum in double blocks (one row at a time only).
   CX_INLINE bool long_row() const { return kRows == 1 && c > kSumBlock * W; }
-  // The next rows' lines at chunk j0's offset: logits, dense targets, and a gradient that
-  // is not streamed.
+  // The lines at chunk j0's offset of the rows `lead` rows ahead: logits, dense targets, and
+  // a gradient that is not streamed.
   CX_INLINE void ahead(int64_t j0) const {
-    for (int r = kRows; r < 2 * kRows; ++r) {
+    for (int64_t r = lead; r < lead + kRows; ++r) {
       const int64_t at = r * c + j0;
       prefetch_line(z + at, false);
       if (t != nullptr) prefetch_line(t + at, false);
@@ -753,6 +754,17 @@ struct BlockSums {
   }
 };
 
+// How many rows ahead a walk of `rows` rows requests lines: the next rows, or as many as
+// kLeadBytes take, since one row of 100 floats is computed in less time than its lines take
+// to come from memory. Requesting 2 KiB ahead rather than the next rows, new / old time:
+// float32 C = 100 0.92 (loss only 0.95), C = 200 0.95, bfloat16 C = 100 0.99; 4 KiB ahead
+// gained nothing more (0.97-1.02).
+constexpr int64_t kLeadBytes = 2048;
+CX_INLINE int64_t lead_rows(int64_t row_bytes, int64_t rows) {
+  const int64_t ahead = (kLeadBytes + row_bytes - 1) / row_bytes;
+  return ahead > rows ? ahead : rows;
+}
+
 // Rows [begin, end) one at a time, their weighted losses added to sums.
 template <typename Mode, typename T, typename A>
 int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch,
@@ -765,6 +777,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
   const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
   RowWalk<T, A> walk{c, stride, nullptr, nullptr, nullptr, {scratch, scratch + stride}, false,
                      stream};
+  walk.lead = lead_rows(c * static_cast<int64_t>(sizeof(T)), 1);
   const bool backprop = p.backprop != nullptr;
   for (int64_t row = begin; row < end; ++row) {
     int64_t y = 0;
@@ -785,7 +798,7 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
     walk.z = p.logits + row * c;
     walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
     walk.out = backprop ? p.backprop + row * c : nullptr;
-    walk.fetch_next = row + 1 < end;
+    walk.fetch_next = row + walk.lead < end;
     const A rs = p.row_scale != nullptr ? p.row_scale[row] : A(1);
     const A loss = P::lane0(softmax_row<Mode>(walk, o, F(rs * p.scale),
                                               I(static_cast<int32_t>(y)), backprop));
@@ -820,6 +833,7 @@ int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
   const int64_t stride = (c + P::kLanes - 1) / P::kLanes * P::kLanes;
   RowWalk<T, A, 2> walk{c, stride, nullptr, nullptr, nullptr, {scratch, scratch + 2 * stride},
                         false, false};
+  walk.lead = lead_rows(c * static_cast<int64_t>(sizeof(T)), 2);
   const bool backprop = p.backprop != nullptr;
   int64_t row = begin;
   while (row + 1 < end) {
@@ -835,7 +849,7 @@ int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
       walk.z = p.logits + row * c;
       walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
       walk.out = backprop ? p.backprop + row * c : nullptr;
-      walk.fetch_next = row + 3 < end;
+      walk.fetch_next = row + walk.lead + 1 < end;
       walk.abandoned = false;
       A rs[2];
       for (int r = 0; r < 2; ++r) rs[r] = p.row_scale != nullptr ? p.row_scale[row + r] : A(1);
