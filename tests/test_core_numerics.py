@@ -52,6 +52,14 @@ def test_every_kernel_path_matches_the_oracle(c: int, mode: str, kind: str) -> N
     case.check(loss, grad)
 
 
+def _kernel_inputs(tag: str, mode: str, kind: str, dtype: str, n: int, c: int) -> tuple:
+    """A case and its kernel arguments: (case, options, logits, labels, weights)."""
+    case = core_cases.softmax_case(mode, kind, dtype, n, c, rng_for(tag, mode, kind, c, dtype))
+    labels = case.labels if case.sparse else case.labels.astype(dtype)
+    weights = None if case.weights is None else case.weights.astype(np.float32)
+    return case, dict(case.kwargs), case.logits.astype(dtype), labels, weights
+
+
 # Rows of 65 to 256 classes walk in pairs, two rows' chains interleaved. A row's result is the
 # same bits whether it is paired with the row before, the row after, or walked alone (an odd
 # last row, a row beside an ignored or non-finite one).
@@ -62,11 +70,7 @@ def test_paired_rows_match_rows_walked_alone_bitwise(
     c: int, mode: str, kind: str, dtype: str
 ) -> None:
     n = 9
-    case = core_cases.softmax_case(mode, kind, dtype, n, c, rng_for("pairs", mode, kind, c, dtype))
-    args = dict(case.kwargs)
-    logits = case.logits.astype(dtype)
-    labels = case.labels if case.sparse else case.labels.astype(dtype)
-    weights = None if case.weights is None else case.weights.astype(np.float32)
+    case, args, logits, labels, weights = _kernel_inputs("pairs", mode, kind, dtype, n, c)
     loss, grad = _core.softmax_loss(logits, labels, weights, **args)
     case.check(loss, grad)
     for i in range(n):
@@ -76,6 +80,54 @@ def test_paired_rows_match_rows_walked_alone_bitwise(
     shifted = _core.softmax_loss(logits[1:], labels[1:], weights, **args)
     np.testing.assert_array_equal(shifted[0], loss[1:])
     np.testing.assert_array_equal(shifted[1], grad[1:])
+
+
+# A per-example forward saves each row's state (max, 1 / exp sum, weight or expected cost,
+# target sum); the backward given it reads the logits once, in one pass, and must give the
+# bits of the backward that recomputes the rows: paired rows (C = 65, 256), rows walked alone
+# and summed in blocks (C = 1100), rows that are ignored or not finite. Focal rows save none.
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("c", [65, 256, 1100])
+@pytest.mark.parametrize("mode, kind", core_cases.MODE_KINDS)
+def test_backward_from_the_saved_row_state_matches_the_recomputing_backward_bitwise(
+    c: int, mode: str, kind: str, dtype: str
+) -> None:
+    n = 9
+    case, args, logits, labels, weights = _kernel_inputs("state", mode, kind, dtype, n, c)
+    size = _core.softmax_row_state_size(c, args.get("focal_gamma", 0.0))
+    assert size == (0 if args.get("focal_gamma", 0.0) else 4)
+
+    state = np.full((n, size), np.nan, np.float32)
+    loss, none = _core.softmax_loss(logits, labels, weights, compute_backprop=False,
+                                    save_state=state, **args)
+    assert none is None
+    no_loss, grad = _core.softmax_loss(logits, labels, weights, saved_state=state, **args)
+    assert no_loss is None
+    case.check(loss, grad)
+
+    upstream = rng_for("upstream", mode, kind, c).uniform(-2.0, 2.0, n).astype(np.float32)
+    bad = logits.copy()
+    bad[4, c // 2] = np.nan
+    bad[6, 1] = np.inf
+    state = np.full((n, size), 7.0, np.float32)
+    _core.softmax_loss(bad, labels, weights, compute_backprop=False, save_state=state, **args)
+    _, resumed = _core.softmax_loss(bad, labels, weights, row_scale=upstream, saved_state=state,
+                                    **args)
+    _, recomputed = _core.softmax_loss(bad, labels, weights, row_scale=upstream, **args)
+    np.testing.assert_array_equal(resumed, recomputed)
+    assert np.isnan(resumed[[4, 6]]).all()
+
+
+def test_saved_row_state_of_the_wrong_shape_is_named() -> None:
+    logits = np.zeros((3, 100), np.float32)
+    labels = np.zeros(3, np.int32)
+    with pytest.raises(ValueError, match=r"row_state must have shape \[3, 0\] or \[3, 4\].*got shape \[3, 2\]"):
+        _core.softmax_loss(logits, labels, saved_state=np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"save_state.*shape"):
+        _core.softmax_loss(logits, labels, compute_backprop=False,
+                           save_state=np.zeros((3, 0), np.float32))
+    with pytest.raises(ValueError, match="compute_backprop must be False"):
+        _core.softmax_loss(logits, labels, save_state=np.zeros((3, 4), np.float32))
 
 
 # Float32 gradients of at least 16 MiB with rows of at least 2 KiB are written with streaming

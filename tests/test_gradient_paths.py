@@ -42,6 +42,38 @@ def test_per_example_gradient_is_exact_for_any_upstream(kwargs: dict) -> None:
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-6)
 
 
+# Past 64 classes the CPU forward saves each row's state and the gradient op reads it, so the
+# backward reads the logits once in one pass (tests/test_core_numerics.py checks its bits).
+WIDE = 100
+WIDE_Z = (RNG.normal(size=(7, WIDE)) * 3).astype(np.float32)
+WIDE_Y = RNG.integers(0, WIDE, size=7).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs",
+    [("ce", {}), ("ce", {"class_weight": RNG.random(WIDE) + 0.5}),
+     ("ce", {"cost_matrix": RNG.random((WIDE, WIDE)) * 3}), ("ce", {"label_smoothing": 0.1}),
+     ("ce", {"focal_gamma": 2.0}), ("ec", {"cost_matrix": RNG.random((WIDE, WIDE)), "ce_weight": 0.3})],
+)
+def test_per_example_gradient_from_the_saved_row_state_is_exact(fn: str, kwargs: dict) -> None:
+    name = "softmax_cross_entropy" if fn == "ce" else "expected_cost"
+    upstream = tf.constant(RNG.normal(size=7).astype(np.float32))
+
+    @tf.function
+    def fused(z: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = getattr(cx.ops, name)(WIDE_Y, z, **kwargs)
+        return tape.gradient(loss, z, output_gradients=upstream)
+
+    z = tf.constant(WIDE_Z)
+    graph = fused.get_concrete_function(z).graph
+    (grad_op,) = [op for op in graph.get_operations() if op.type == "CostxentSoftmaxLossGrad"]
+    assert grad_op.inputs[7].op.type == "CostxentSoftmaxLoss"
+    want = _grad(lambda z: getattr(cx.reference, name)(WIDE_Y, z, **kwargs), WIDE_Z, upstream)
+    np.testing.assert_allclose(fused(z).numpy(), want.numpy(), rtol=2e-5, atol=1e-6)
+
+
 def test_sigmoid_per_element_gradient_is_exact_for_any_upstream() -> None:
     labels = (RNG.random((6, C)) < 0.3).astype(np.float32)
     upstream = tf.constant(RNG.normal(size=(6, C)).astype(np.float32))

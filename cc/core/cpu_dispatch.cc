@@ -100,6 +100,10 @@ void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t 
   COSTXENT_DISPATCH(scale_elements, in, scale, out, begin, end);
 }
 
+int64_t softmax_row_state_size(int64_t c, bool focal) {
+  return c > kSmallClasses && !focal ? kRowStateSize : 0;
+}
+
 double softmax_row_cycles(int64_t c, bool dense, bool focal) {
   // Measured orders of magnitude: ~4 cycles per class for the vectorized passes, dense
   // labels add a pass, the focal terms cost a scalar log/exp/expm1 per class.

@@ -29,6 +29,9 @@
 
 namespace costxent {
 namespace cpu {
+// Rows of at most kSmallClasses classes are walked kLanes at a time, transposed
+// (cpu_kernels.cc TileWalk); longer ones one or two at a time (RowWalk).
+constexpr int64_t kSmallClasses = 64;
 // Length of the sigmoid kernel's repeated per-class weight arrays: whole rows, >= 256.
 constexpr int64_t kSigmoidMinSegment = 256;
 inline int64_t sigmoid_weight_period(int64_t c) {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cc/core/cpu.h"
 #include "cc/core/cpu_isa.h"
 #include "cc/core/cpu_simd.h"
 #include "cc/core/numeric.h"
@@ -179,6 +180,11 @@ struct RowWalk {
   bool stream;
   bool abandoned = false;
   int64_t lead = kRows;  // rows ahead of this one that fetch_next requests
+  // The rows' RowStates, kRowStateSize apart: read by a resuming backward, written by a
+  // forward (each nullptr when not).
+  const A* state_in = nullptr;
+  A* state_out = nullptr;
+  static constexpr bool kHasState = true;
 
   // The F (or I) of fn(r), r = 0 .. kRows - 1.
   template <typename Fn>
@@ -451,8 +457,26 @@ struct RowWalk {
   CX_INLINE F dense_cost(const A*, const C& ch) const {
     return kept(1, ch, 0);
   }
+  CX_INLINE bool resumes() const { return state_in != nullptr; }
+  CX_INLINE RowState<F> load_state() const {
+    auto field = [&](int k) {
+      return rows([&](int r) { return typename S::F(state_in[r * kRowStateSize + k]); });
+    };
+    return {field(0), field(1), field(2), field(3)};
+  }
+  CX_INLINE void save_state(const RowState<F>& s) const {
+    if (state_out == nullptr) return;
+    for (int r = 0; r < kRows; ++r) {
+      A* to = state_out + r * kRowStateSize;
+      to[0] = S::lane0(part(s.max, r));
+      to[1] = S::lane0(part(s.inv_sum, r));
+      to[2] = S::lane0(part(s.value, r));
+      to[3] = S::lane0(part(s.target_sum, r));
+    }
+  }
   // A row whose max or min is not finite is NaN throughout: written now, skipping the other
-  // passes (a NaN elsewhere surfaces in pass 2's sums). Two rows leave it to the caller.
+  // passes (a NaN elsewhere surfaces in pass 2's sums), and so is its state. Two rows leave
+  // it to the caller.
   CX_INLINE bool abandon(F m, F low, bool backprop) {
     bool finite = true;
     for (int r = 0; r < kRows; ++r)
@@ -463,6 +487,9 @@ struct RowWalk {
     if (backprop) {
       const T nan = from_acc<T>(quiet_nan(A(0)));
       for (int64_t j = 0; j < c; ++j) out[j] = nan;
+    }
+    if (state_out != nullptr) {
+      for (int64_t k = 0; k < kRowStateSize; ++k) state_out[k] = quiet_nan(A(0));
     }
     return true;
   }
@@ -479,7 +506,6 @@ struct TileChunk {
 // C <= kSmallClasses classes, transposed to [class][row] on load and back on store. Past 64
 // classes a row walked alone with the next one prefetched beats a tile's transposes in and
 // out (float32, mean of two runs: C = 100 11.9 vs 15.2 ms, C = 128 8.7 vs 16.7 ms).
-constexpr int64_t kSmallClasses = 64;
 
 // A tile's class count: a constant for the few values the kernels specialise, else a member.
 template <int kC>
@@ -705,6 +731,7 @@ struct TileWalk : Classes<kC> {
     return cost;
   }
   CX_INLINE bool abandon(F, F, bool) const { return false; }
+  static constexpr bool kHasState = false;
 };
 
 // block_sums of one call: block b = scale * sum over its rows of row_scale * loss, in double,
@@ -765,9 +792,20 @@ CX_INLINE int64_t lead_rows(int64_t row_bytes, int64_t rows) {
   return ahead > rows ? ahead : rows;
 }
 
+// A row's RowState in a problem's [n, kRowStateSize] state (nullptr: none).
+template <typename A>
+CX_INLINE A* state_row(A* state, int64_t row) {
+  return state != nullptr ? state + row * kRowStateSize : nullptr;
+}
+
+// The row loops inline everything they call: GCC otherwise compiles a chunk lambda that a
+// walker calls from several places (each() calls its body for up to three spans) out of
+// line, and the walker's fields then live in memory (float32 C = 1000: 1.25x the time).
+#define CX_FLATTEN __attribute__((flatten))
+
 // Rows [begin, end) one at a time, their weighted losses added to sums.
 template <typename Mode, typename T, typename A>
-int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch,
+CX_FLATTEN int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch,
                     bool stream, BlockSums<A>& sums) {
   using P = Packs<A>;
   using F = typename P::F;
@@ -790,6 +828,9 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
           T* out = p.backprop + row * c;
           for (int64_t j = 0; j < c; ++j) out[j] = T{};
         }
+        if (p.row_state_out != nullptr) {
+          for (int64_t k = 0; k < kRowStateSize; ++k) p.row_state_out[row * kRowStateSize + k] = 0;
+        }
         sums.add(row, 0.0);
         continue;
       }
@@ -798,6 +839,8 @@ int64_t rows_by_row(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A
     walk.z = p.logits + row * c;
     walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
     walk.out = backprop ? p.backprop + row * c : nullptr;
+    walk.state_in = state_row(p.row_state_in, row);
+    walk.state_out = state_row(p.row_state_out, row);
     walk.fetch_next = row + walk.lead < end;
     const A rs = p.row_scale != nullptr ? p.row_scale[row] : A(1);
     const A loss = P::lane0(softmax_row<Mode>(walk, o, F(rs * p.scale),
@@ -822,7 +865,7 @@ constexpr bool kPairs = Packs<A>::kLanes > 1 && !Mode::kFocal;
 // Rows [begin, end) two at a time; a row whose label is not a class, a pair with a row that
 // is not finite, and an odd last row go through rows_by_row.
 template <typename Mode, typename T, typename A>
-int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch,
+CX_FLATTEN int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch,
                      BlockSums<A>& sums) {
   using P = Packs<A>;
   using F = typename P::F;
@@ -849,6 +892,8 @@ int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
       walk.z = p.logits + row * c;
       walk.t = Mode::kSparse ? nullptr : p.dense + row * c;
       walk.out = backprop ? p.backprop + row * c : nullptr;
+      walk.state_in = state_row(p.row_state_in, row);
+      walk.state_out = state_row(p.row_state_out, row);
       walk.fetch_next = row + walk.lead + 1 < end;
       walk.abandoned = false;
       A rs[2];
@@ -1119,7 +1164,13 @@ int64_t sigmoid_range(const SigmoidProblem<T, A>& p, int64_t begin, int64_t end,
 }  // namespace
 
 template <typename T, typename A>
-int64_t softmax_rows(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, A* scratch) {
+int64_t softmax_rows(const SoftmaxProblem<T, A>& given, int64_t begin, int64_t end,
+                     A* scratch) {
+  SoftmaxProblem<T, A> p = given;
+  if (softmax_row_state_size(p.c, p.focal_gamma != A(0)) == 0) {
+    p.row_state_in = nullptr;
+    p.row_state_out = nullptr;
+  }
   const bool stream = streams_backprop(p);
   const int64_t bad = with_row_mode(p, [&](auto mode) {
     return softmax_mode<decltype(mode)>(p, begin, end, scratch, stream);

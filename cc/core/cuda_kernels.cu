@@ -398,6 +398,7 @@ class GroupWalk {
   using F = A;
   using I = int;
   static constexpr int kSlots = 1;
+  static constexpr bool kHasState = false;  // the backward recomputes its rows
   static constexpr int V = kVec<T>;
   static constexpr int S = Group::kSlotsPerThread;
 

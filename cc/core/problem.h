@@ -11,6 +11,9 @@ namespace costxent {
 // Rows per entry of a problem's block_sums: the unit of a deterministic reduction.
 constexpr int64_t kReduceBlockRows = 1024;
 
+// Values per row of a softmax row state (row_algorithm.h RowState).
+constexpr int64_t kRowStateSize = 4;
+
 // The most classes a row may have, on every device: the CUDA kernels index inside a row
 // with 32-bit integers and walk up to a vector past its end.
 constexpr int64_t kMaxClasses = 2147483647LL - 64;
@@ -52,6 +55,13 @@ struct SoftmaxProblem {
   A* loss = nullptr;
   T* backprop = nullptr;
   double* block_sums = nullptr;
+  // A per-example call's row state [n, kRowStateSize], for the kernels that have one (CPU:
+  // cpu::softmax_row_state_size): a forward (backprop nullptr) writes it to row_state_out;
+  // a backward given it as row_state_in skips the passes the forward made and computes no
+  // loss (loss and block_sums nullptr). Ignored rows get zeros. A kernel without a row state
+  // for this problem ignores both.
+  A* row_state_out = nullptr;
+  const A* row_state_in = nullptr;
 };
 
 // Element-wise sigmoid loss over a row-major [n, c] matrix (DESIGN 2.3).

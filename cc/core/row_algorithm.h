@@ -26,6 +26,8 @@
 //             write pass; a walker without room for it returns recompute();
 //   output    write(ch, v), write_onehot(ch, y, off, on), abandon(max, min, backprop) (true:
 //             stop; the row was written NaN, or rows walked together go back to the caller);
+//   state     kHasState; where true, resumes(), load_state() and save_state(s): the row's
+//             RowState saved by a per-example forward, read back by its backward;
 //   tables    class_values(a, ch) = a_j, row_table(M, y, ch) = M[y, j],
 //             column(M, col, ch, t) = M[j, col] where t_j != 0, lookup(M, row, col),
 //             row_value(y) = z_y, prepare_dense_costs(M) and dense_cost(M, ch) = (M^T t)_j.
@@ -113,6 +115,69 @@ struct Extremes {
   I arg;  // lowest index of the max (when asked for)
 };
 
+// What a per-example forward saves of a row (kRowStateSize values, in this order) so that its
+// backward reads the logits once, in one pass, instead of repeating the max and exp-sum
+// passes (DESIGN 3): max is NaN for a row that is not finite; value is the example weight
+// (cross-entropy) or the expected cost.
+template <typename F>
+struct RowState {
+  F max;
+  F inv_sum;
+  F value;
+  F target_sum;
+};
+static_assert(kRowStateSize == 4, "RowState's fields");
+
+// The gradient of a non-focal row, written once: out_scale * d loss / d z from its RowState;
+// expo(ch) gives e_j = exp(z_j - max).
+template <typename Mode, typename Walk, typename A, typename Expo>
+COSTXENT_HD void write_softmax_grad(Walk& walk, const RowOptions<A>& o,
+                                    typename Walk::F out_scale, typename Walk::I y,
+                                    const RowState<typename Walk::F>& s,
+                                    typename Walk::F nonfinite, Expo&& expo) {
+  using F = typename Walk::F;
+  constexpr bool kSparse = Mode::kSparse;
+  const F eps = o.eps;
+  const F inv_c = o.inv_c;
+  // Smoothed targets: a sparse row's are one of two values.
+  const F on = smooth_target(F(1), eps, inv_c);
+  const F off = smooth_target(F(0), eps, inv_c);
+  if constexpr (Mode::kKind == SoftmaxLoss::kExpectedCost) {
+    const F lam = o.lam;
+    const F factor = out_scale + nonfinite;
+    walk.each([&](const auto& ch) {
+      F cost;
+      F target;
+      if constexpr (kSparse) {
+        cost = walk.row_table(o.weights, y, ch);
+        target = Walk::P::Math::select(walk.cls(ch) == y, on, off);
+      } else {
+        cost = walk.dense_cost(o.weights, ch);
+        target = smooth_target(walk.t_at(ch), eps, inv_c);
+      }
+      walk.write(ch, factor * expected_cost_grad(expo(ch) * s.inv_sum, cost, s.value, lam,
+                                                 target, s.target_sum));
+    });
+  } else {
+    const F factor = out_scale * s.value + nonfinite;
+    const F k = factor * s.target_sum * s.inv_sum;
+    if constexpr (kSparse) {
+      const F factor_on = factor * on;
+      const F factor_off = factor * off;
+      walk.each([&](const auto& ch) {
+        const F e = expo(ch);
+        walk.write_onehot(ch, y, plain_grad(k, e, factor_off), plain_grad(k, e, factor_on));
+      });
+    } else {
+      const F factor_t = factor * (F(1) - eps);
+      const F factor_off = factor * off;
+      walk.each([&](const auto& ch) {
+        walk.write(ch, plain_grad(k, expo(ch), factor_t * walk.t_at(ch) + factor_off));
+      });
+    }
+  }
+}
+
 // The softmax losses of one walker's rows (DESIGN 2.1, 2.2): returns the per-row loss and,
 // when backprop, writes out_scale * d loss / d z through the walker. y: sparse labels
 // (valid classes). A row with a non-finite logit gives NaN throughout (DESIGN 2.4).
@@ -133,6 +198,18 @@ COSTXENT_HD typename Walk::F softmax_row(Walk& walk, const RowOptions<A>& o,
   const F eps = o.eps;
   const F inv_c = o.inv_c;
   const bool smooth = o.eps != A(0);
+
+  if constexpr (Walk::kHasState && !Mode::kFocal) {
+    if (backprop && walk.resumes()) {
+      const RowState<F> s = walk.load_state();
+      if constexpr (kExpected && !kSparse) walk.prepare_dense_costs(o.weights);
+      // 0, or NaN for a row that was not finite.
+      const F nonfinite = s.max - s.max;
+      write_softmax_grad<Mode>(walk, o, out_scale, y, s, nonfinite,
+                               [&](const auto& ch) { return Math::exp(walk.z_at(ch) - s.max); });
+      return F(A(0));
+    }
+  }
 
   // Pass 1: max, its lowest index (cost matrix), and min (-inf: a non-finite row).
   F max_slots[kSlots];
@@ -235,37 +312,31 @@ COSTXENT_HD typename Walk::F softmax_row(Walk& walk, const RowOptions<A>& o,
   const F target_dot_half =
       smooth ? smoothed_dot(t_dot_half, eps, walk.total(sums, kHalfMean)) : t_dot_half;
   const F ce = cross_entropy_half(target_sum, lse, target_dot_half);
-  // Smoothed targets: a sparse row's are one of two values.
-  const F on = smooth_target(F(1), eps, inv_c);
-  const F off = smooth_target(F(0), eps, inv_c);
-  auto target = [&](const auto& ch) -> F {
-    if constexpr (kSparse) {
-      return Math::select(walk.cls(ch) == y, on, off);
-    } else {
-      return smooth_target(walk.t_at(ch), eps, inv_c);
-    }
-  };
 
   if constexpr (kExpected) {
-    const F lam = o.lam;
     const F expected = walk.total(sums, kCostSum) * inv_sum;
-    if (backprop) {
-      const F factor = out_scale + nonfinite;
-      walk.each([&](const auto& ch) {
-        walk.write(ch, factor * expected_cost_grad(expo(ch) * inv_sum, cost_of(ch), expected,
-                                                   lam, target(ch), target_sum));
-      });
-    }
-    return expected + lam * ce + nonfinite;
+    const RowState<F> state{m + nonfinite, inv_sum, expected, target_sum};
+    if constexpr (Walk::kHasState) walk.save_state(state);
+    if (backprop) write_softmax_grad<Mode>(walk, o, out_scale, y, state, nonfinite, expo);
+    return expected + o.lam * ce + nonfinite;
   }
 
   // Per-example weight from the unsmoothed target (DESIGN 2.1).
   F w = 1;
   if (class_weight) w = kSparse ? walk.lookup(o.weights, I(0), y) : walk.total(sums, kWeightSum);
   if (cost_weight) w = kSparse ? walk.lookup(o.weights, y, jhat) : walk.total(sums, kWeightSum);
-  const F factor = out_scale * w + nonfinite;
 
   if constexpr (Mode::kFocal) {
+    const F factor = out_scale * w + nonfinite;
+    const F on = smooth_target(F(1), eps, inv_c);
+    const F off = smooth_target(F(0), eps, inv_c);
+    auto target = [&](const auto& ch) -> F {
+      if constexpr (kSparse) {
+        return Math::select(walk.cls(ch) == y, on, off);
+      } else {
+        return smooth_target(walk.t_at(ch), eps, inv_c);
+      }
+    };
     // Pass 3: sum_j ts_j phi_j / 2 and sum_j ts_j g_j; a sparse unsmoothed row has one term.
     const F gamma = o.gamma;
     const bool label_only = kSparse && !smooth;
@@ -302,23 +373,9 @@ COSTXENT_HD typename Walk::F softmax_row(Walk& walk, const RowOptions<A>& o,
     return F(2) * w * half_phi + nonfinite;
   }
 
-  if (backprop) {
-    const F k = factor * target_sum * inv_sum;
-    if constexpr (kSparse) {
-      const F factor_on = factor * on;
-      const F factor_off = factor * off;
-      walk.each([&](const auto& ch) {
-        const F e = expo(ch);
-        walk.write_onehot(ch, y, plain_grad(k, e, factor_off), plain_grad(k, e, factor_on));
-      });
-    } else {
-      const F factor_t = factor * (F(1) - eps);
-      const F factor_off = factor * off;
-      walk.each([&](const auto& ch) {
-        walk.write(ch, plain_grad(k, expo(ch), factor_t * walk.t_at(ch) + factor_off));
-      });
-    }
-  }
+  const RowState<F> state{m + nonfinite, inv_sum, w, target_sum};
+  if constexpr (Walk::kHasState) walk.save_state(state);
+  if (backprop) write_softmax_grad<Mode>(walk, o, out_scale, y, state, nonfinite, expo);
   return w * ce + nonfinite;
 }
 

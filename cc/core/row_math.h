@@ -131,10 +131,13 @@ COSTXENT_HD A cross_entropy_half(A target_sum, A lse, A target_dot_half) {
 }
 
 // d/dz_j of a weighted cross-entropy row w (p_j S - ts_j) (DESIGN 2.1), as k e_j - w ts_j
-// with the row's k = w S / sum: one multiply-add per class. w carries any output scaling.
+// with the row's k = w S / sum. w carries any output scaling. k e_j is rounded on its own:
+// whether the compiler fuses it into an FMA depends on how the other uses of k e_j were
+// simplified (a one-hot row reads one lane of its target's), which differs between rows
+// walked alone, in pairs and from a saved state.
 template <typename A>
 COSTXENT_HD A plain_grad(A k, A e, A w_ts) {
-  return k * e - w_ts;
+  return rounded(k * e) - w_ts;
 }
 
 // Focal modulation for gamma > 0 (DESIGN 2.1), of p = exp(-2 half_nll):

@@ -294,7 +294,23 @@ Status validate_softmax(SoftmaxSpec* spec) {
                   spec->logits.dtype);
   if (!s.ok()) return s;
 
-  spec->n = num_elements(leading(shape));
+  const int64_t n = num_elements(leading(shape));
+  if (spec->row_state.present) {
+    if (spec->reduction != Reduction::kNone)
+      return value_error("row_state is the state of a per-example forward; a reduced call "
+                         "has none");
+    if (!(s = require_known("row_state", spec->row_state)).ok()) return s;
+    if (!(s = check_accumulation_dtype("row_state", spec->row_state, spec->logits.dtype)).ok())
+      return s;
+    const Shape& got = spec->row_state.shape;
+    if (got != Shape{n, 0} && got != Shape{n, kRowStateSize})
+      return value_error("row_state must have shape " + shape_str({n, 0}) + " or " +
+                         shape_str({n, kRowStateSize}) +
+                         " (rows, values per row: the forward's row_state output), got shape " +
+                         shape_str(got));
+  }
+
+  spec->n = n;
   spec->c = c;
   spec->sparse = sparse;
   spec->weight_mode = mode;

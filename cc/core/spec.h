@@ -45,6 +45,8 @@ struct SoftmaxSpec {
                       // expected cost requires [C, C]
   ArgInfo row_scale;  // absent or [...] (the logits' leading shape): upstream gradient of a
                       // per-example call, or sample_weight of a reduced one; float32/float64
+  ArgInfo row_state;  // absent, or [n, 0] / [n, kRowStateSize] in the accumulation dtype: the
+                      // state a per-example forward saved, read by its backward
   double label_smoothing = 0;  // [0, 1]
   double focal_gamma = 0;      // finite, >= 0; cross-entropy only
   double ce_weight = 0;        // finite, >= 0; expected cost only

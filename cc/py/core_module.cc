@@ -651,16 +651,26 @@ double keras_divisor(const Array& logits, const DivisorInput<A>& d, int64_t stre
 // ---------------------------------------------------------------------------------------
 // softmax_loss
 
+// Values per row of the state a per-example forward on the logits' device saves (the CUDA
+// kernels save none: their backward recomputes).
+int64_t softmax_row_state_size(const Array& logits, const SoftmaxSpec& spec) {
+  if (logits.place() == Place::kCuda) return 0;
+  return cpu::softmax_row_state_size(spec.c, spec.focal_gamma != 0);
+}
+
 py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_obj,
                        const py::object& weights_obj, const std::string& loss_kind,
                        double label_smoothing, double focal_gamma, double ce_weight,
                        const py::object& ignore_class, const py::object& row_scale_obj,
                        double scale, const std::string& reduction, const py::object& loss_obj,
-                       const py::object& backprop_obj, bool compute_backprop, int64_t stream) {
+                       const py::object& backprop_obj, bool compute_backprop,
+                       const py::object& save_state_obj, const py::object& saved_state_obj,
+                       int64_t stream) {
   const Array logits("logits", logits_obj, stream);
   const Array labels("labels", labels_obj, stream);
   const auto weights = maybe_array("weights", weights_obj, stream);
   const auto row_scale = maybe_array("row_scale", row_scale_obj, stream);
+  const auto saved_state = maybe_array("saved_state", saved_state_obj, stream);
 
   SoftmaxSpec spec;
   spec.loss_kind = parse_loss_kind(loss_kind);
@@ -669,6 +679,7 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
   spec.labels = arg_info(&labels);
   spec.weights = arg_info(weights.get());
   spec.row_scale = arg_info(row_scale.get());
+  spec.row_state = arg_info(saved_state.get());
   spec.label_smoothing = label_smoothing;
   spec.focal_gamma = focal_gamma;
   spec.ce_weight = ce_weight;
@@ -682,9 +693,17 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
   raise_if_error(validate_softmax(&spec));
   require_finite_scale(scale);
   const bool reduced = spec.reduction != Reduction::kNone;
+  if (saved_state != nullptr && !compute_backprop)
+    throw py::value_error("saved_state is read by a backward: compute_backprop must be True");
+  if (saved_state != nullptr && !loss_obj.is_none())
+    throw py::value_error("a call given saved_state computes no loss (the forward wrote it): "
+                          "loss= must be None");
+  if (!save_state_obj.is_none() && (compute_backprop || reduced))
+    throw py::value_error("save_state is written by a per-example forward: compute_backprop "
+                          "must be False and reduction 'none'");
   logits.require_contiguous();
-  for (const Array* a :
-       std::initializer_list<const Array*>{&labels, weights.get(), row_scale.get()})
+  for (const Array* a : std::initializer_list<const Array*>{&labels, weights.get(),
+                                                            row_scale.get(), saved_state.get()})
     require_input(a, logits);
 
   return with_float_type(logits, [&](auto tag) -> py::tuple {
@@ -723,6 +742,17 @@ py::tuple softmax_loss(const py::object& logits_obj, const py::object& labels_ob
     LossOutputs out = loss_outputs<T, A>(
         p, reduced, std::vector<int64_t>(shape.begin(), shape.end() - 1), shape, loss_obj,
         backprop_obj, compute_backprop, logits, stream);
+    const int64_t state_size = softmax_row_state_size(logits, spec);
+    std::unique_ptr<Array> save_state;
+    if (!save_state_obj.is_none()) {
+      output<A>("save_state", save_state_obj, {p.n, state_size}, logits, stream, &save_state);
+      if (state_size > 0) p.row_state_out = save_state->data<A>();
+    }
+    if (saved_state != nullptr) {
+      p.loss = nullptr;
+      out.loss_out = py::none();
+      if (spec.row_state.shape.back() > 0) p.row_state_in = saved_state->data<A>();
+    }
     const int64_t bad = run_loss(
         logits, "softmax_loss", p, stream, p.n,
         cpu::softmax_row_cycles(p.c, !spec.sparse, spec.focal_gamma != 0),
@@ -964,6 +994,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("row_scale") = py::none(), py::arg("scale") = 1.0,
         py::arg("reduction") = "none", py::arg("loss") = py::none(),
         py::arg("backprop") = py::none(), py::arg("compute_backprop") = true,
+        py::arg("save_state") = py::none(), py::arg("saved_state") = py::none(),
         py::arg("stream") = 0,
         "Softmax cross-entropy (weighted, focal, smoothed; loss_kind='cross_entropy') or "
         "expected cost (loss_kind='expected_cost') over logits [..., C].\n\n"
@@ -978,7 +1009,11 @@ PYBIND11_MODULE(_core, m) {
         "'mean_with_sample_weight', as Keras) takes row_scale as sample_weight, masks rows "
         "labelled ignore_class, divides by its divisor (0 gives 0) and returns (loss: float, "
         "the reduced loss times scale, backprop of it or None). On a CUDA device a reduced "
-        "call waits for its divisor and its block sums.");
+        "call waits for its divisor and its block sums.\n\n"
+        "A per-example forward (compute_backprop=False) given save_state, an array of shape "
+        "[rows, softmax_row_state_size(...)], fills it with each row's state (max, 1 / exp sum, "
+        "example weight or expected cost, target sum); its backward, given it as saved_state, "
+        "reads the logits once in one pass and returns (None, backprop).");
   m.def("sigmoid_loss", &sigmoid_loss, py::arg("logits"), py::arg("labels"),
         py::arg("pos_weight") = py::none(), py::arg("neg_weight") = py::none(), py::kw_only(),
         py::arg("label_smoothing") = 0.0, py::arg("focal_gamma") = 0.0,
@@ -1001,6 +1036,15 @@ PYBIND11_MODULE(_core, m) {
         "be grad; then nothing is written when scale is 1 (decided on the device, without a "
         "sync). Per-example upstream gradients go into the loss call as row_scale / "
         "element_scale instead.");
+  m.def(
+      "softmax_row_state_size",
+      [](int64_t classes, double focal_gamma) {
+        return cpu::softmax_row_state_size(classes, focal_gamma != 0);
+      },
+      py::arg("classes"), py::arg("focal_gamma") = 0.0,
+      "Values per row of the state a CPU per-example softmax forward saves for its backward: "
+      "4 for rows of more than 64 classes that are not focal, else 0 (the backward "
+      "recomputes). The CUDA kernels save none.");
   m.def("launch_plan", &launch_plan, py::arg("dtype"), py::arg("classes"),
         py::arg("max_cluster") = static_cast<int>(cuda::kMaxCluster),
         "How the CUDA softmax kernels hold rows of `classes` classes of `dtype` (a name or "

@@ -57,6 +57,10 @@ template <>
 struct Launch<CPUDevice> {
   static constexpr bool kHostMemory = true;
 
+  static int64_t softmax_row_state_size(int64_t c, bool focal) {
+    return cpu::softmax_row_state_size(c, focal);
+  }
+
   template <typename T, typename A>
   static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
     advise_output_pages(p);

@@ -32,6 +32,9 @@ struct Launch<GPUDevice> {
   // Weights are device memory here; the Python layer checks them (validate=True).
   static constexpr bool kHostMemory = false;
 
+  // The CUDA backward recomputes its rows.
+  static int64_t softmax_row_state_size(int64_t, bool) { return 0; }
+
   template <typename T, typename A>
   static int64_t softmax(OpKernelContext* ctx, const SoftmaxProblem<T, A>& p) {
     check_launch(ctx, cuda::softmax_rows(p, stream_of(ctx)), "softmax loss");

@@ -121,6 +121,8 @@ struct Launch {
   static void scale(OpKernelContext* ctx, const T* in, const A* scale, T* out, int64_t count);
   // Inputs live in host memory: weights can be value-checked and scalars read here.
   static constexpr bool kHostMemory = false;
+  // Values per row of the state a per-example softmax forward saves for its backward.
+  static int64_t softmax_row_state_size(int64_t c, bool focal);
 };
 
 
@@ -210,6 +212,7 @@ class SoftmaxLossOp : public OpKernel {
       row_scale = &ctx->input(6);
       spec.row_scale = arg_info(*row_scale, V == Variant::kReduced);
     }
+    if (V == Variant::kGrad) spec.row_state = arg_info(ctx->input(7));
     OP_REQUIRES_OK(ctx, tf_status(validate_softmax(&spec)));
     if (Launch<Device>::kHostMemory && check_weights_ && spec.weights.present) {
       OP_REQUIRES_OK(ctx, tf_status(validate_softmax_weights(spec, weights.flat<A>().data(),
@@ -237,10 +240,19 @@ class SoftmaxLossOp : public OpKernel {
     p.has_ignore_class = spec.has_ignore_class;
     p.ignore_class = spec.ignore_class;
     if (row_scale != nullptr && spec.row_scale.present) p.row_scale = row_scale->flat<A>().data();
+    if (V == Variant::kGrad && spec.row_state.shape.back() > 0)
+      p.row_state_in = ctx->input(7).flat<A>().data();
 
     TensorShape lead = logits.shape();
     lead.RemoveLastDims(1);
     if (!allocate_output<V, T>(ctx, lead, &p)) return;
+    if (V == Variant::kLoss) {
+      const int64_t size =
+          Launch<Device>::softmax_row_state_size(spec.c, spec.focal_gamma != 0);
+      Tensor* state = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({spec.n, size}), &state));
+      if (size > 0) p.row_state_out = state->flat<A>().data();
+    }
     if (V != Variant::kReduced) {
       run(ctx, spec, p);
       return;

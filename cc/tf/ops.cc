@@ -3,9 +3,10 @@
 //
 // Each loss has three ops (DESIGN 3):
 //   <Loss>          per-example loss only (evaluation, metrics, the forward of the
-//                   per-example API);
+//                   per-example API); the softmax one also saves each row's state;
 //   <Loss>Grad      the exact gradient for any upstream gradient grad_loss, recomputed from
-//                   the logits in one pass (read logits, write the gradient once);
+//                   the logits (and the saved row state) in one pass: read logits, write the
+//                   gradient once;
 //   <Loss>Reduced   the Keras reduction folded in: a scalar loss and the gradient of that
 //                   scalar, written in the same pass; its gradient is CostxentScaleGradient.
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -58,7 +59,12 @@ Status ScalarAndLogitsShape(InferenceContext* c) {
 
 REGISTER_OP("CostxentSoftmaxLoss")
     .COSTXENT_SOFTMAX_INPUTS.Output("loss: A")
-    .COSTXENT_SOFTMAX_ATTRS.SetShapeFn(LeadingShape)
+    .Output("row_state: A")
+    .COSTXENT_SOFTMAX_ATTRS.SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(LeadingShape(c));
+      c->set_output(1, c->Matrix(InferenceContext::kUnknownDim, InferenceContext::kUnknownDim));
+      return ::tensorflow::OkStatus();
+    })
     .Doc(R"doc(
 Fused softmax cross-entropy (cost-matrix / class-weighted / focal) or expected cost per
 example, over logits [..., C]. Labels: sparse ids [...] or [..., 1] (int32/int64), or dense
@@ -66,10 +72,13 @@ rows [..., C] of the logits' dtype. weights: [0] (none), [C] class weights, or [
 matrix M[true, predicted] (required by loss_kind='expected_cost'). The options are float64
 scalars in host memory, so float64 logits get float64 options. check_weights=false skips
 the per-call finiteness / sign scan of weights the caller has validated as constants.
+row_state [rows, K]: what the gradient op needs of each row to skip the passes this op made
+(K = 4 where the device's kernel saves it, else 0).
 )doc");
 
 REGISTER_OP("CostxentSoftmaxLossGrad")
     .COSTXENT_SOFTMAX_INPUTS.Input("grad_loss: A")
+    .Input("row_state: A")
     .Output("backprop: T")
     .COSTXENT_SOFTMAX_ATTRS.SetShapeFn([](InferenceContext* c) { return LogitsShape(c, 0); })
     .Doc(R"doc(

@@ -160,6 +160,19 @@ class SoftmaxXlaOp : public FusedLossXlaOp {
         OptionAttr(ctx, "ce_weight", 5));
     if (!ctx->status().ok()) return;
     Emit(ctx, 3, /*per_row_loss=*/true, attrs);
+    // Under XLA the backward recomputes its rows (its row_state input is not read): the
+    // forward's row state has no values.
+    if (V == Variant::kLoss && ctx->status().ok()) {
+      xla::PrimitiveType acc;
+      OP_REQUIRES_OK(ctx, ::tensorflow::DataTypeToPrimitiveType(ctx->expected_output_dtype(1),
+                                                                &acc));
+      const ::tensorflow::TensorShape logits = ctx->InputShape(0);
+      int64_t rows = 1;
+      for (int d = 0; d + 1 < logits.dims(); ++d) rows *= logits.dim_size(d);
+      ctx->SetOutput(1, xla::Broadcast(xla::ConvertElementType(
+                                           xla::ConstantR0<float>(ctx->builder(), 0), acc),
+                                       {rows, 0}));
+    }
   }
 
  private:

@@ -231,7 +231,7 @@ def softmax_loss(x: _args.SoftmaxInputs, validate: bool = False) -> tf.Tensor:
         return reference.softmax_loss(x, validate)
     inputs, attrs = _softmax_args(x)
     with _checks(x, validate):
-        return _op_library().costxent_softmax_loss(*inputs, **attrs)
+        return _op_library().costxent_softmax_loss(*inputs, **attrs).loss
 
 
 def sigmoid_cross_entropy(
@@ -351,10 +351,11 @@ def _register_gradients() -> None:
         return
 
     @tf.RegisterGradient("CostxentSoftmaxLoss")
-    def _softmax_loss_grad(op, grad_loss):
+    def _softmax_loss_grad(op, grad_loss, _grad_row_state):
+        # The row state is not differentiable; it lets the backward skip the forward's passes.
         inputs = list(op.inputs)
         backprop = library.costxent_softmax_loss_grad(
-            *inputs, grad_loss, **_attrs(op, _SOFTMAX_ATTRS)
+            *inputs, grad_loss, op.outputs[1], **_attrs(op, _SOFTMAX_ATTRS)
         )
         return [backprop] + [None] * (len(inputs) - 1)
 
