@@ -955,19 +955,6 @@ CX_INLINE int64_t tile_labels(const SoftmaxProblem<T, A>& p, int64_t row0, int64
   return -1;
 }
 
-// How many rows ahead a tile of up to kShuffleClasses classes requests its streams' lines
-// (0: none). Its rows are read and written whole, in order, yet on an AMD EPYC (Zen 4) the
-// hardware prefetchers alone left tiles waiting: requesting 4 KiB of logits ahead (and the
-// labels', loss' and gradient's lines as far ahead), new / old time, float32: C = 3 0.91-0.94,
-// C = 4 0.88-0.94, C = 8 0.82-0.96. C = 2 has the most tiles per byte and lost by it
-// (1.00-1.09), so its tiles are left to the prefetchers.
-constexpr int64_t kTileLeadBytes = 4096;
-template <int W>
-CX_INLINE int64_t tile_lead_rows(bool shuffled, int64_t c, int64_t row_bytes) {
-  if (!shuffled || c <= 2) return 0;
-  return (kTileLeadBytes / (W * row_bytes) + 1) * W;
-}
-
 template <typename Mode, int kC, typename T, typename A>
 int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) {
   using P = Packs<A>;
@@ -979,7 +966,6 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
   TileWalk<T, A, kC> walk(c);
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const bool backprop = p.backprop != nullptr;
-  const int64_t lead = tile_lead_rows<W>(walk.shuffled, c, c * static_cast<int64_t>(sizeof(T)));
   for (int64_t row0 = begin; row0 < end; row0 += W) {
     const int64_t rows = end - row0 < W ? end - row0 : W;
     I y = 0;
@@ -993,14 +979,6 @@ int64_t rows_by_tile(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end) 
       prefetch(p.logits + next, W * c, false);
       if (!Mode::kSparse) prefetch(p.dense + next, W * c, false);
       if (backprop) prefetch(p.backprop + next, W * c, true);
-    } else if (lead > 0 && row0 + lead + W <= end) {
-      const int64_t ahead = (row0 + lead) * c;
-      prefetch(p.logits + ahead, W * c, false);
-      if (!Mode::kSparse) prefetch(p.dense + ahead, W * c, false);
-      if (backprop) prefetch(p.backprop + ahead, W * c, true);
-      if (p.labels32 != nullptr) prefetch_line(p.labels32 + row0 + lead, false);
-      if (p.labels64 != nullptr) prefetch(p.labels64 + row0 + lead, W, false);
-      if (p.loss != nullptr) prefetch_line(p.loss + row0 + lead, true);
     }
     walk.load(p.logits + row0 * c, Mode::kSparse ? nullptr : p.dense + row0 * c, rows);
     F rs = 1;
