@@ -42,7 +42,7 @@ def test_per_example_gradient_is_exact_for_any_upstream(kwargs: dict) -> None:
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-6)
 
 
-# Past 64 classes the CPU forward saves each row's state and the gradient op reads it, so the
+# Past 32 classes the CPU forward saves each row's state and the gradient op reads it, so the
 # backward reads the logits once in one pass (tests/test_core_numerics.py checks its bits).
 WIDE = 100
 WIDE_Z = (RNG.normal(size=(7, WIDE)) * 3).astype(np.float32)

@@ -31,7 +31,7 @@ template <typename T, typename A>
 void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t end);
 
 // Values per row of the state a per-example forward of this problem saves for its backward:
-// kRowStateSize for rows walked one or two at a time (more than 64 classes, not focal), else
+// kRowStateSize for rows walked one or two at a time (more than 32 classes, not focal), else
 // 0 (the backward recomputes the row).
 int64_t softmax_row_state_size(int64_t c, bool focal);
 

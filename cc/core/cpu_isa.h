@@ -29,9 +29,18 @@
 
 namespace costxent {
 namespace cpu {
-// Rows of at most kSmallClasses classes are walked kLanes at a time, transposed
-// (cpu_kernels.cc TileWalk); longer ones one or two at a time (RowWalk).
+// Rows of at most kSmallClasses classes can be walked kLanes at a time, transposed
+// (cpu_kernels.cc TileWalk); longer ones are walked one or two at a time (RowWalk), and so
+// are non-focal rows past kPlainTileClasses: there a tile's 16 x 16 transposes (in, and out
+// for the gradient) cost more than a row's horizontal reductions. AMD EPYC (Zen 4), float32,
+// row / tile time, loss and gradient: sparse C = 40 0.89, 48 0.78, 64 0.59-0.63, dense
+// C = 48 0.57, C = 30-32 about 1 (the loss alone: C = 40 1.29, 64 0.79); focal rows, whose
+// per-class terms are long, 1.1-1.6 at C = 40-64, so they stay in tiles.
 constexpr int64_t kSmallClasses = 64;
+constexpr int64_t kPlainTileClasses = 32;
+inline bool walks_tiles(int64_t c, bool focal) {
+  return c <= (focal ? kSmallClasses : kPlainTileClasses);
+}
 // Length of the sigmoid kernel's repeated per-class weight arrays: whole rows, >= 256.
 constexpr int64_t kSigmoidMinSegment = 256;
 inline int64_t sigmoid_weight_period(int64_t c) {

@@ -2,9 +2,9 @@
 //
 // The softmax row algorithm (row_algorithm.h, shared with CUDA) runs over two walkers:
 //   - RowWalk walks one row, or two side by side (C <= kPairClasses), in chunks of kLanes
-//     classes (C > kSmallClasses): a chunk's lanes are classes, row reductions are
-//     horizontal, per-row values are broadcast;
-//   - TileWalk walks kLanes rows at once (C <= kSmallClasses): the tile is transposed to
+//     classes (C > kPlainTileClasses, focal C > kSmallClasses): a chunk's lanes are classes,
+//     row reductions are horizontal, per-row values are broadcast;
+//   - TileWalk walks kLanes rows at once (the other rows): the tile is transposed to
 //     [class][row], a chunk is one class of every row, lanes are rows, so row reductions
 //     are plain lane-wise sums and every per-row step (the log included) is one vector op.
 // Sums run in a fixed order (long rows in float blocks of kSumBlock chunks added in
@@ -49,6 +49,10 @@ template <typename F>
 CX_INLINE F fold(const F (&slots)[kSlots]) {
   return (slots[0] + slots[1]) + (slots[2] + slots[3]);
 }
+template <typename F>
+CX_INLINE F fold(const F (&slots)[1]) {
+  return slots[0];
+}
 
 template <typename P, int N>
 struct RowSums {
@@ -68,12 +72,12 @@ struct RowSums {
   }
 };
 
-template <typename P, int N>
+template <typename P, int N, int kSlotCount = kSlots>
 struct TileSums {
-  typename P::F lane[N][kSlots];
+  typename P::F lane[N][kSlotCount];
   CX_INLINE TileSums() {
     for (int i = 0; i < N; ++i) {
-      for (int k = 0; k < kSlots; ++k) lane[i][k] = 0;
+      for (int k = 0; k < kSlotCount; ++k) lane[i][k] = 0;
     }
   }
 };
@@ -503,9 +507,8 @@ struct TileChunk {
 };
 
 // kLanes consecutive rows (fewer at the end: the missing rows are zero padding) of
-// C <= kSmallClasses classes, transposed to [class][row] on load and back on store. Past 64
-// classes a row walked alone with the next one prefetched beats a tile's transposes in and
-// out (float32, mean of two runs: C = 100 11.9 vs 15.2 ms, C = 128 8.7 vs 16.7 ms).
+// C <= kSmallClasses classes, transposed to [class][row] on load and back on store. Which rows
+// walk in tiles: cpu_isa.h walks_tiles().
 
 // A tile's class count: a constant for the few values the kernels specialise, else a member.
 template <int kC>
@@ -526,7 +529,13 @@ struct TileWalk : Classes<kC> {
   using F = typename P::F;
   using I = typename P::I;
   static constexpr int W = P::kLanes;
-  static constexpr int kSlots = ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
+  // A tile of fewer classes than there are accumulators (2 or 3, known at compile time) has
+  // one: the others would stay -inf and 0 and still be folded in, 10 of the about 120
+  // arithmetic vector instructions of a C = 2 tile. One accumulator, new / old time, float32:
+  // C = 2 0.92-0.95, C = 3 0.96-0.97.
+  static constexpr int kSlots =
+      kC > 0 && kC < ::costxent::cpu::COSTXENT_CPU_ISA::kSlots ? 1
+                                                               : ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
 
   // A tile is transposed in registers: up to kShuffleClasses classes by two-source shuffles
   // of its vectors (a shuffled vector takes lane l from pair q of source vectors where
@@ -648,6 +657,10 @@ struct TileWalk : Classes<kC> {
   }
   template <typename Fn>
   CX_INLINE void each_slot(Fn&& fn) const {
+    if constexpr (kSlots == 1) {
+      each(fn);
+      return;
+    }
     int64_t j = 0;
     for (; j + kSlots <= c; j += kSlots) {
       fn(TileChunk<0>{j});
@@ -662,7 +675,7 @@ struct TileWalk : Classes<kC> {
     each_slot([&](const auto& ch) { fn(ch, s); });
   }
   template <int N, unsigned>
-  CX_INLINE TileSums<P, N> sums() const {
+  CX_INLINE TileSums<P, N, kSlots> sums() const {
     return {};
   }
   template <typename S, typename C>
@@ -676,9 +689,9 @@ struct TileWalk : Classes<kC> {
   }
   // Lanes are rows: every lane's sums and extremes are its row's already.
   template <int N>
-  CX_INLINE void reduce(const TileSums<P, N>&) const {}
+  CX_INLINE void reduce(const TileSums<P, N, kSlots>&) const {}
   template <int N>
-  CX_INLINE F total(const TileSums<P, N>& s, int i) const {
+  CX_INLINE F total(const TileSums<P, N, kSlots>& s, int i) const {
     return fold(s.lane[i]);
   }
   CX_INLINE Extremes<F, I> extremes(F max_lanes, F min_lanes, I arg_lanes, bool) const {
@@ -1028,7 +1041,7 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
           break;
       }
     }
-    if (p.c <= kSmallClasses) return rows_by_tile<Mode, 0>(p, begin, end);
+    if (walks_tiles(p.c, Mode::kFocal)) return rows_by_tile<Mode, 0>(p, begin, end);
   }
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const int64_t bad = [&] {

@@ -1,8 +1,9 @@
 // The softmax row algorithm of DESIGN 2.1 / 2.2, written once for the CPU and CUDA kernels:
 // softmax_row() below, a template over a *walker* that owns a row's layout and its
 // reductions. The walkers:
-//   - cpu_kernels.cc RowWalk: one row, or two side by side, in SIMD chunks of classes (C > 64);
-//   - cpu_kernels.cc TileWalk: a tile of rows transposed, SIMD lanes = rows (C <= 64);
+//   - cpu_kernels.cc RowWalk: one row, or two side by side, in SIMD chunks of classes (C > 32,
+//     focal C > 64);
+//   - cpu_kernels.cc TileWalk: a tile of rows transposed, SIMD lanes = rows (the others);
 //   - cuda_kernels.cu GroupWalk: a row held by a thread, a slice of a warp, a block or a
 //     cluster, each thread owning a few 16-byte vectors of it.
 // The algorithm: pass 1 the max (its lowest index for cost-matrix weights) and the min,

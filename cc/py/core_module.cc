@@ -1043,7 +1043,7 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("classes"), py::arg("focal_gamma") = 0.0,
       "Values per row of the state a CPU per-example softmax forward saves for its backward: "
-      "4 for rows of more than 64 classes that are not focal, else 0 (the backward "
+      "4 for rows of more than 32 classes that are not focal, else 0 (the backward "
       "recomputes). The CUDA kernels save none.");
   m.def("launch_plan", &launch_plan, py::arg("dtype"), py::arg("classes"),
         py::arg("max_cluster") = static_cast<int>(cuda::kMaxCluster),
