@@ -533,9 +533,8 @@ struct TileWalk : Classes<kC> {
   // one: the others would stay -inf and 0 and still be folded in, 10 of the about 120
   // arithmetic vector instructions of a C = 2 tile. One accumulator, new / old time, float32:
   // C = 2 0.92-0.95, C = 3 0.96-0.97.
-  static constexpr int kSlots =
-      kC > 0 && kC < ::costxent::cpu::COSTXENT_CPU_ISA::kSlots ? 1
-                                                               : ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
+  static constexpr int kAllSlots = ::costxent::cpu::COSTXENT_CPU_ISA::kSlots;
+  static constexpr int kSlots = kC > 0 && kC < kAllSlots ? 1 : kAllSlots;
 
   // A tile is transposed in registers: up to kShuffleClasses classes by two-source shuffles
   // of its vectors (a shuffled vector takes lane l from pair q of source vectors where
@@ -813,8 +812,11 @@ CX_INLINE A* state_row(A* state, int64_t row) {
 
 // The lone-row loop inlines everything it calls: GCC otherwise compiles a chunk lambda that
 // each() calls for up to three spans out of line, and the walker's fields then live in
-// memory (float32 C = 1000: 1.25x the time). The pair loop's each() has one span; flattened,
-// its dense cost-matrix rows took 1.47x the time (C = 100).
+// memory (float32 C = 1000: 1.25x the time). The pair loop's each() has one span: flattened,
+// its dense cost-matrix rows took 1.47x the time (C = 100), but sparse rows with a cost
+// matrix, whose argmax made GCC leave the exp pass out of line, gained (new / old, float32
+// C = 100: cost matrix 0.87-0.89 with the gradient, 0.84 the loss alone; expected cost 0.75;
+// C = 256 0.89-0.94; plain and class weights 0.97-1.02), so only those are flattened.
 #define CX_FLATTEN __attribute__((flatten))
 
 // Rows [begin, end) one at a time, their weighted losses added to sums.
@@ -933,6 +935,13 @@ int64_t rows_by_pair(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
   return row < end ? rows_by_row<Mode>(p, row, end, scratch, false, sums) : -1;
 }
 
+// rows_by_pair with everything it calls inlined, for sparse labels (CX_FLATTEN).
+template <typename Mode, typename T, typename A>
+CX_FLATTEN int64_t rows_by_pair_inlined(const SoftmaxProblem<T, A>& p, int64_t begin,
+                                        int64_t end, A* scratch, BlockSums<A>& sums) {
+  return rows_by_pair<Mode>(p, begin, end, scratch, sums);
+}
+
 // A tile's sparse labels, rows [row0, row0 + rows) in lanes [0, rows): y (0 where ignored or
 // past rows) and the ignored lanes. Returns the first invalid row, or -1.
 template <typename T, typename A>
@@ -1046,7 +1055,12 @@ int64_t softmax_mode(const SoftmaxProblem<T, A>& p, int64_t begin, int64_t end, 
   BlockSums<A> sums{p.block_sums, static_cast<double>(p.scale)};
   const int64_t bad = [&] {
     if constexpr (kPairs<Mode, A>) {
-      if (p.c <= kPairClasses) return rows_by_pair<Mode>(p, begin, end, scratch, sums);
+      if (p.c <= kPairClasses) {
+        if constexpr (Mode::kSparse) {
+          return rows_by_pair_inlined<Mode>(p, begin, end, scratch, sums);
+        }
+        return rows_by_pair<Mode>(p, begin, end, scratch, sums);
+      }
     }
     return rows_by_row<Mode>(p, begin, end, scratch, stream, sums);
   }();
