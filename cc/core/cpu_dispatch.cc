@@ -101,7 +101,7 @@ void scale_elements(const T* in, const A* scale, T* out, int64_t begin, int64_t 
 }
 
 int64_t softmax_row_state_size(int64_t c, bool focal) {
-  return walks_tiles(c, focal) || focal ? 0 : kRowStateSize;
+  return focal || walks_tiles(c, focal) ? 0 : kRowStateSize;
 }
 
 double softmax_row_cycles(int64_t c, bool dense, bool focal) {
