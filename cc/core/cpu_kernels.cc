@@ -382,21 +382,23 @@ struct RowWalk {
       S::store_first(row + ch.j0, v, ch.count);
     }
   }
-  // `on` at class y, `off` elsewhere: a streamed chunk in one store (its line is written
-  // once), others as off with y's element patched (no per-chunk compare).
+  // `on` at class y, `off` elsewhere, with no per-chunk vector compare: a streamed chunk in
+  // one store (its line is written once, so y's chunk selects), others as off with y's
+  // element patched.
   template <typename C>
   CX_INLINE void write_onehot(const C& ch, I y, F off, F on) const {
     for (int r = 0; r < kRows; ++r) {
       T* row = out + r * c;
       const auto yr = part(y, r);
+      const int64_t at = S::lane0(yr) - ch.j0;
+      const bool holds_y = at >= 0 && at < (C::kFull ? W : ch.count);
       if (ch.streamed) {
-        write_row(row, ch, select(classes(ch) == yr, part(on, r), part(off, r)));
+        write_row(row, ch,
+                  holds_y ? select(classes(ch) == yr, part(on, r), part(off, r)) : part(off, r));
         continue;
       }
       write_row(row, ch, part(off, r));
-      const int64_t at = S::lane0(yr) - ch.j0;
-      if (at >= 0 && at < (C::kFull ? W : ch.count))
-        row[ch.j0 + at] = from_acc<T>(S::lane(part(on, r), at));
+      if (holds_y) row[ch.j0 + at] = from_acc<T>(S::lane(part(on, r), at));
     }
   }
   // values[j] for the chunk's classes j.
