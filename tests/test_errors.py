@@ -208,6 +208,58 @@ def test_fused_cpu_out_of_range_label_names_row_and_value(
         (tf.function(call) if graph else call)(tf.constant(logits))
 
 
+@pytest.mark.parametrize("compile", ["eager", "tf_function", "jit"])
+@pytest.mark.parametrize(
+    "n, bad_rows",
+    [(2, {1: 9}), (5000, {2500: 7, 4000: -3}), (3001, {2999: 4})],
+    ids=["second_of_two", "middle_of_many", "last_block"],
+)
+def test_out_of_range_label_in_a_training_step_names_row_and_value(
+    compile: str, n: int, bad_rows: dict[int, int]
+) -> None:
+    # The Keras loss under a tape takes the reduced op, whose rows are sharded by reduction
+    # blocks: a bad row past the number of blocks must still be reported, never a loss and
+    # a gradient computed from the rows before it.
+    labels = tf.constant(_bad_labels(n, bad_rows, np.int32))
+    logits = tf.constant(np.random.default_rng(2).normal(size=(n, C)).astype(np.float32))
+    loss = cx.WeightedCategoricalCrossentropy(from_logits=True)
+
+    def step(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(y, z)
+        return value, tape.gradient(value, z)
+
+    run = step if compile == "eager" else tf.function(step, jit_compile=compile == "jit")
+    row = min(bad_rows)
+    pattern = rf"labels\[{row}\] = {bad_rows[row]} is outside the valid class range \[0, 4\)"
+    with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        run(labels, logits)
+
+
+@pytest.mark.parametrize("compile", ["eager", "tf_function", "jit"])
+@pytest.mark.parametrize("first", [(1, 2), (2500, 3), (4999, 0)])
+def test_sigmoid_label_outside_unit_interval_in_a_training_step_names_element(
+    compile: str, first: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.uniform(size=(5000, C)) < 0.3).astype(np.float32)
+    labels[first] = 2.0
+    logits = tf.constant(rng.normal(size=(5000, C)).astype(np.float32))
+    loss = cx.WeightedBinaryCrossentropy(pos_weight=2.0, from_logits=True)
+
+    def step(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(y, z)
+        return value, tape.gradient(value, z)
+
+    run = step if compile == "eager" else tf.function(step, jit_compile=compile == "jit")
+    message = rf"labels\[{first[0]}, {first[1]}\] = 2 is outside \[0, 1\]"
+    with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        run(tf.constant(labels), logits)
+
+
 def test_fused_cpu_ignore_class_is_exempt_but_other_negatives_are_not() -> None:
     labels = np.array([0, -1, 2, -2, 1])
     with (

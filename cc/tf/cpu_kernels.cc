@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "cc/core/cpu.h"
@@ -20,11 +21,13 @@ namespace {
 
 // Shards [0, total) and returns the smallest index any shard reported as invalid, or -1.
 // Each shard stops at its first invalid index, so the minimum is the batch's first one
-// whatever the split: the error message is deterministic.
+// whatever the split: the error message is deterministic. The index need not lie in
+// [0, total) (shard_blocks' units are blocks, its indices rows), so "none" is not total.
 template <typename Fn>
 int64_t shard_and_find_first_invalid(OpKernelContext* ctx, int64_t total, double cycles_per_unit,
                                      Fn fn) {
-  std::atomic<int64_t> first_invalid{total};
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  std::atomic<int64_t> first_invalid{kNone};
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   pool->ParallelFor(total, static_cast<int64_t>(cycles_per_unit),
                     [&](int64_t begin, int64_t end) {
@@ -35,7 +38,7 @@ int64_t shard_and_find_first_invalid(OpKernelContext* ctx, int64_t total, double
                       }
                     });
   const int64_t result = first_invalid.load();
-  return result == total ? -1 : result;
+  return result == kNone ? -1 : result;
 }
 
 // Runs fn(begin, end) over whole reduction blocks of n rows, so every block sum is computed

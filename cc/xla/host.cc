@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -20,9 +21,12 @@ namespace {
 
 // Below this much work a call runs on the calling thread: waking workers costs more.
 constexpr double kMinCyclesPerShard = 100000;
+// No invalid index found.
+constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
 
 // Runs fn(begin, end) over shards of [0, total) on the caller and the pool's workers and
-// returns the smallest index any shard reported as invalid, or -1. Shards are claimed from
+// returns the smallest index any shard reported as invalid, or -1 (an index need not lie in
+// [0, total): blocks() shards blocks and its indices are rows). Shards are claimed from
 // a shared counter, and the caller works until none is left, so it only ever waits for
 // shards that are already running: no deadlock when every worker is busy (or the caller
 // is one). A task that starts after the last shard finds nothing to do and only touches
@@ -38,13 +42,12 @@ int64_t parallel_first_invalid(ffi::ThreadPool& pool, int64_t total, double cycl
   if (shards == 1) return fn(0, total);
   struct State {
     std::atomic<int64_t> next{0};
-    std::atomic<int64_t> first_invalid{0};
+    std::atomic<int64_t> first_invalid{kNone};
     int64_t done = 0;
     std::mutex mu;
     std::condition_variable cv;
   };
   auto state = std::make_shared<State>();
-  state->first_invalid = total;
   const int64_t per_shard = (total + shards - 1) / shards;
   auto work_loop = [state, shards, per_shard, total, &fn]() {
     for (;;) {
@@ -70,7 +73,7 @@ int64_t parallel_first_invalid(ffi::ThreadPool& pool, int64_t total, double cycl
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done == shards; });
   const int64_t result = state->first_invalid.load();
-  return result == total ? -1 : result;
+  return result == kNone ? -1 : result;
 }
 
 class HostDevice {
