@@ -208,6 +208,19 @@ def test_fused_cpu_out_of_range_label_names_row_and_value(
         (tf.function(call) if graph else call)(tf.constant(logits))
 
 
+def _training_step(loss: Any, compile: str) -> Callable[..., Any]:
+    """A Keras loss's value and d loss / d logits under a tape: eagerly, in tf.function or
+    under jit_compile."""
+
+    def step(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(y, z)
+        return value, tape.gradient(value, z)
+
+    return step if compile == "eager" else tf.function(step, jit_compile=compile == "jit")
+
+
 @pytest.mark.parametrize("compile", ["eager", "tf_function", "jit"])
 @pytest.mark.parametrize(
     "n, bad_rows",
@@ -222,15 +235,7 @@ def test_out_of_range_label_in_a_training_step_names_row_and_value(
     # a gradient computed from the rows before it.
     labels = tf.constant(_bad_labels(n, bad_rows, np.int32))
     logits = tf.constant(np.random.default_rng(2).normal(size=(n, C)).astype(np.float32))
-    loss = cx.WeightedCategoricalCrossentropy(from_logits=True)
-
-    def step(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            value = loss(y, z)
-        return value, tape.gradient(value, z)
-
-    run = step if compile == "eager" else tf.function(step, jit_compile=compile == "jit")
+    run = _training_step(cx.WeightedCategoricalCrossentropy(from_logits=True), compile)
     row = min(bad_rows)
     pattern = rf"labels\[{row}\] = {bad_rows[row]} is outside the valid class range \[0, 4\)"
     with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
@@ -246,15 +251,7 @@ def test_sigmoid_label_outside_unit_interval_in_a_training_step_names_element(
     labels = (rng.uniform(size=(5000, C)) < 0.3).astype(np.float32)
     labels[first] = 2.0
     logits = tf.constant(rng.normal(size=(5000, C)).astype(np.float32))
-    loss = cx.WeightedBinaryCrossentropy(pos_weight=2.0, from_logits=True)
-
-    def step(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            value = loss(y, z)
-        return value, tape.gradient(value, z)
-
-    run = step if compile == "eager" else tf.function(step, jit_compile=compile == "jit")
+    run = _training_step(cx.WeightedBinaryCrossentropy(pos_weight=2.0, from_logits=True), compile)
     message = rf"labels\[{first[0]}, {first[1]}\] = 2 is outside \[0, 1\]"
     with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError, match=message):
         run(tf.constant(labels), logits)
