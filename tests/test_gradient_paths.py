@@ -144,6 +144,32 @@ def test_trainable_class_weight_gets_its_gradient_from_the_reference() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("shape", [(6,), (6, 1)], ids=["N", "N_1"])
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean_with_sample_weight"])
+def test_watched_sample_weight_gets_the_gradient_keras_gives(
+    reduction: str, shape: tuple, graph: bool
+) -> None:
+    # Keras' own loss is the oracle: the same reduction of the same per-example values.
+    sw = tf.constant(RNG.uniform(0.5, 2.0, size=shape).astype(np.float32))
+    z = tf.constant(Z)
+
+    def grads(loss: tf.keras.losses.Loss) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch([z, sw])
+            value = loss(Y, z, sample_weight=sw)
+        return tuple(tape.gradient(value, [z, sw]))
+
+    run = tf.function(grads) if graph else grads
+    got_z, got_sw = run(cx.WeightedCategoricalCrossentropy(from_logits=True, reduction=reduction))
+    want_z, want_sw = run(
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    )
+    assert got_sw is not None
+    np.testing.assert_allclose(got_sw.numpy(), want_sw.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_z.numpy(), want_z.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_forward_mode_gradient_matches_the_reverse_mode_one() -> None:
     z = tf.constant(Z)
     tangent = tf.constant(RNG.normal(size=Z.shape).astype(np.float32))

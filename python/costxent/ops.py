@@ -65,10 +65,15 @@ def _fallback_reason() -> Optional[str]:
     return None
 
 
+def _tape_watches(tensors: list) -> bool:
+    """Whether a tape records a gradient with respect to any of these (None skipped)."""
+    watchable = [t for t in tensors if t is not None and t.dtype.is_floating]
+    return bool(watchable) and record.should_record_backprop(watchable)
+
+
 def _gradient_reason(logits: tf.Tensor, extras: list) -> Optional[str]:
     """Why a gradient a tape could ask for here is one the fused op does not provide."""
-    watchable = [t for t in extras if t is not None and t.dtype.is_floating]
-    if watchable and record.should_record_backprop(watchable):
+    if _tape_watches(extras):
         return (
             "a gradient tape watches the labels or weights, which the fused op does not "
             "differentiate"
@@ -295,7 +300,9 @@ def reduced_loss(
     (``keras.losses.BinaryCrossentropy``'s convention). Returns a scalar in the
     accumulation dtype.
     """
-    if _use_reference(x) or not _may_differentiate(x.logits):
+    # A tape on sample_weight needs d loss / d s_i = r loss_i / D, which the reduced op does
+    # not give: the caller's reduction of per-example losses does.
+    if _use_reference(x) or not _may_differentiate(x.logits) or _tape_watches([sample_weight]):
         return None
     library = _op_library()
     if isinstance(x, _args.SoftmaxInputs):
