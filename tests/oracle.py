@@ -16,10 +16,11 @@ ClassWeight = Sequence[float] | Mapping[int, float] | np.ndarray
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    """``log p = z - lse(z)`` along the last axis, with ``lse = m + log sum exp(z - m)``."""
+    """``log p = (z - m) - log sum exp(z - m)`` along the last axis, ``m`` the row's max
+    (subtracted first: ``z - (m + log 2)`` would lose the ``log 2`` at ``|z| ~ 1e38``)."""
     m = np.max(z, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return z - (m + np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True)))
+    return (z - m) - np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
 
 
 def _targets(

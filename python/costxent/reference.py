@@ -72,6 +72,14 @@ def _smoothed(t: tf.Tensor, x: _args.SoftmaxInputs) -> tf.Tensor:
     return (1.0 - eps) * t + eps / x.num_classes
 
 
+def _weighted(phi: tf.Tensor, ts: tf.Tensor) -> tf.Tensor:
+    """``ts * phi``, 0 where ``ts`` is 0: a finite row spanning more than float32's range
+    (``[3e38, -3e38]``) has ``log p = -inf`` at its lowest classes, and ``0 * inf`` is NaN.
+    With label smoothing their ``ts`` is not 0 and the term stays inf, where the fused op's
+    halved logits give the finite value."""
+    return tf.math.multiply_no_nan(phi, ts)
+
+
 def _finish(
     x: _args.SoftmaxInputs, loss: tf.Tensor, finite: tf.Tensor, ignored: tf.Tensor
 ) -> tf.Tensor:
@@ -138,8 +146,12 @@ def softmax_loss(x: _args.SoftmaxInputs, validate: bool = False) -> tf.Tensor:
         logp = tf.nn.log_softmax(z)
         phi = -logp
         if x.focal_gamma > 0:
-            phi = _focal_modulation(logp, x.focal_gamma) * phi
-        loss = tf.reduce_sum(_smoothed(t, x) * phi, axis=-1)
+            modulation = _focal_modulation(logp, x.focal_gamma)
+            # Where log p is -inf (see _weighted) the modulation has slope 0; times that
+            # inf it would be NaN.
+            finite = tf.math.is_finite(logp)
+            phi = tf.where(finite, modulation, tf.stop_gradient(modulation)) * phi
+        loss = tf.reduce_sum(_weighted(phi, _smoothed(t, x)), axis=-1)
         if x.weight_mode == "class":
             loss = loss * tf.linalg.matvec(t, x.weights)
         elif x.weight_mode == "cost":
@@ -186,7 +198,7 @@ def _expected_cost(x: _args.SoftmaxInputs, validate: bool) -> tf.Tensor:
         costs = tf.matmul(t, x.weights)
         loss = tf.reduce_sum(costs * tf.exp(logp), axis=-1)
         if x.ce_weight != 0:
-            loss += x.ce_weight * tf.reduce_sum(_smoothed(t, x) * -logp, axis=-1)
+            loss += x.ce_weight * tf.reduce_sum(_weighted(-logp, _smoothed(t, x)), axis=-1)
         return _finish(x, loss, _row_is_finite(z), ignored)
 
 
