@@ -92,8 +92,16 @@ def _half_ulp(values: np.ndarray, dtype: tf.DType) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
-@pytest.mark.parametrize("api", ["per-example", "keras"])
-def test_half_precision_gradient_is_the_exact_gradient_rounded_once(dtype: tf.DType, api: str) -> None:
+@pytest.mark.parametrize(
+    "api, loss_scale",
+    [("per-example", 1.0), ("keras", 1.0), ("keras", 2.0**15), ("keras", 3.0)],
+    ids=["per-example", "keras", "keras_loss_scaled", "keras_times_3"],
+)
+def test_half_precision_gradient_is_the_exact_gradient_rounded_once(
+    dtype: tf.DType, api: str, loss_scale: float
+) -> None:
+    # A loss scale (mixed_float16's LossScaleOptimizer multiplies the loss by 2^15) reaches
+    # the reduced op as its upstream gradient: the gradient must be rounded after it.
     rng = np.random.default_rng(4)
     n, c = 512, 10
     z_half = tf.cast(rng.normal(size=(n, c)) * 3, dtype)
@@ -107,8 +115,8 @@ def test_half_precision_gradient_is_the_exact_gradient_rounded_once(dtype: tf.DT
         exact_up = upstream.astype(np.float64)
     else:
         loss = cx.WeightedCategoricalCrossentropy(class_weight=weights, from_logits=True, dtype=dtype.name)
-        got = _grad(lambda z: loss(labels, z), z_half)
-        exact_up = np.full(n, 1.0 / n)
+        got = _grad(lambda z: loss(labels, z) * loss_scale, z_half)
+        exact_up = np.full(n, loss_scale / n)
     # Exact: the float64 reference on the same (half-precision) logits.
     z64 = tf.cast(z_half, tf.float64)
     with tf.GradientTape() as tape:

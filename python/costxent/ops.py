@@ -317,18 +317,30 @@ def _reduced(
 ) -> tf.Tensor:
     """Runs a reduced op; its gradient scales the stored backprop by the upstream scalar.
 
+    A half-precision backprop was rounded once already, so scaling it would round twice
+    (and a loss scale of 2^15 would only multiply what float16 had already flushed): for
+    an upstream other than 1 it is computed again with the upstream in the kernel's scale.
     A custom gradient rather than a registered one: the backprop is an op output nobody
     else reads, and an eager tape would feed such an output a zeros gradient of [N, C].
     """
     weight = sample_weight if sample_weight is not None else tf.zeros([0], x.acc_dtype)
     scale = tf.constant(1.0 if reduction == "sum" else _replica_scale(), tf.float64)
 
+    def run(logits: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return fused_op(logits, *inputs[1:], weight, scale, reduction=reduction, **attrs)
+
     @tf.custom_gradient
     def loss_of(logits):
-        loss, backprop = fused_op(logits, *inputs[1:], weight, scale, reduction=reduction, **attrs)
+        loss, backprop = run(logits, scale)
 
         def grad(upstream):
-            return _op_library().costxent_scale_gradient(backprop, upstream)
+            if logits.dtype.size > 2:
+                return _op_library().costxent_scale_gradient(backprop, upstream)
+            return tf.cond(
+                tf.equal(upstream, 1),
+                lambda: backprop,
+                lambda: run(logits, scale * tf.cast(upstream, tf.float64))[1],
+            )
 
         return loss, grad
 
