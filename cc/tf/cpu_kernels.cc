@@ -1,11 +1,10 @@
 // CPU launch: rows sharded over TensorFlow's intra-op thread pool.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "cc/core/cpu.h"
+#include "cc/core/first_invalid.h"
 #include "cc/core/huge_pages.h"
 #include "cc/core/scale.h"
 #include "cc/tf/kernels.h"
@@ -20,25 +19,14 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 namespace {
 
 // Shards [0, total) and returns the smallest index any shard reported as invalid, or -1.
-// Each shard stops at its first invalid index, so the minimum is the batch's first one
-// whatever the split: the error message is deterministic. The index need not lie in
-// [0, total) (shard_blocks' units are blocks, its indices rows), so "none" is not total.
 template <typename Fn>
 int64_t shard_and_find_first_invalid(OpKernelContext* ctx, int64_t total, double cycles_per_unit,
                                      Fn fn) {
-  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  std::atomic<int64_t> first_invalid{kNone};
+  FirstInvalid first_invalid;
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   pool->ParallelFor(total, static_cast<int64_t>(cycles_per_unit),
-                    [&](int64_t begin, int64_t end) {
-                      const int64_t bad = fn(begin, end);
-                      if (bad < 0) return;
-                      int64_t seen = first_invalid.load();
-                      while (bad < seen && !first_invalid.compare_exchange_weak(seen, bad)) {
-                      }
-                    });
-  const int64_t result = first_invalid.load();
-  return result == kNone ? -1 : result;
+                    [&](int64_t begin, int64_t end) { first_invalid.report(fn(begin, end)); });
+  return first_invalid.result();
 }
 
 // Runs fn(begin, end) over whole reduction blocks of n rows, so every block sum is computed

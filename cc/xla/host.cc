@@ -4,13 +4,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
 
 #include "cc/core/cpu.h"
+#include "cc/core/first_invalid.h"
 #include "cc/core/huge_pages.h"
 #include "cc/xla/handlers.h"
 #include "xla/ffi/api/ffi.h"
@@ -21,12 +21,9 @@ namespace {
 
 // Below this much work a call runs on the calling thread: waking workers costs more.
 constexpr double kMinCyclesPerShard = 100000;
-// No invalid index found.
-constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
 
 // Runs fn(begin, end) over shards of [0, total) on the caller and the pool's workers and
-// returns the smallest index any shard reported as invalid, or -1 (an index need not lie in
-// [0, total): blocks() shards blocks and its indices are rows). Shards are claimed from
+// returns the smallest index any shard reported as invalid, or -1. Shards are claimed from
 // a shared counter, and the caller works until none is left, so it only ever waits for
 // shards that are already running: no deadlock when every worker is busy (or the caller
 // is one). A task that starts after the last shard finds nothing to do and only touches
@@ -42,7 +39,7 @@ int64_t parallel_first_invalid(ffi::ThreadPool& pool, int64_t total, double cycl
   if (shards == 1) return fn(0, total);
   struct State {
     std::atomic<int64_t> next{0};
-    std::atomic<int64_t> first_invalid{kNone};
+    FirstInvalid first_invalid;
     int64_t done = 0;
     std::mutex mu;
     std::condition_variable cv;
@@ -55,12 +52,7 @@ int64_t parallel_first_invalid(ffi::ThreadPool& pool, int64_t total, double cycl
       if (shard >= shards) return;
       const int64_t begin = shard * per_shard;
       const int64_t end = std::min(total, begin + per_shard);
-      const int64_t bad = begin < end ? fn(begin, end) : -1;
-      if (bad >= 0) {
-        int64_t seen = state->first_invalid.load();
-        while (bad < seen && !state->first_invalid.compare_exchange_weak(seen, bad)) {
-        }
-      }
+      if (begin < end) state->first_invalid.report(fn(begin, end));
       std::lock_guard<std::mutex> lock(state->mu);
       if (++state->done == shards) state->cv.notify_all();
     }
@@ -72,8 +64,7 @@ int64_t parallel_first_invalid(ffi::ThreadPool& pool, int64_t total, double cycl
   work_loop();
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done == shards; });
-  const int64_t result = state->first_invalid.load();
-  return result == kNone ? -1 : result;
+  return state->first_invalid.result();
 }
 
 class HostDevice {
